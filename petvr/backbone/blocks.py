@@ -1,0 +1,166 @@
+"""The residual block shared by both towers, and the context every block receives.
+
+A block is ``x = x + attn(ln_1(x), context)`` then ``x = x + mlp(ln_2(x), context)``. ``attn`` and ``mlp`` are named
+sub-modules with the signature ``(x, context) -> x`` so that a method can replace either one with a wrapper that calls
+the frozen original and adds its own branch (the peft way). Parameter names follow OpenAI CLIP
+(``attn.in_proj_weight``, ``mlp.c_fc``, ...), so checkpoints map one to one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class TowerContext:
+    """What a block (and any wrapper or token hook inside it) may know about the batch it is processing.
+
+    The vision tower processes ``batch_size * num_frames`` frame sequences at once; ``frame_mask`` (B, T) marks real
+    frames, so a wrapper that needs the video structure reshapes ``(B*T, N, W) -> (B, T, N, W)`` from these fields.
+    The text tower processes ``batch_size`` captions (``num_frames == 1``); ``token_mask`` (B, L) marks real tokens and
+    ``pool_index`` (B,) is the EOT position that the tower pools. A token hook that inserts ``k`` tokens before the EOT
+    adds ``k`` to ``pool_index``. ``state`` is a scratch dict a method may use to pass values between its own hooks and
+    wrappers during one forward pass; the backbone never reads it.
+    """
+
+    modality: str
+    batch_size: int
+    num_frames: int = 1
+    frame_mask: Tensor | None = None
+    token_mask: Tensor | None = None
+    pool_index: Tensor | None = None
+    causal: bool = False
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class PatchEmbedding(nn.Conv2d):
+    """The ViT patch projection (kernel = stride = patch, no bias), called as ``(images, context)`` so that a method
+    may replace it with a video-aware version (CLIP4Clip's 3D linear patch); its weight keeps OpenAI's name ``conv1``."""
+
+    def __init__(self, width: int, patch_size: int):
+        super().__init__(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+
+    def forward(self, images: Tensor, context: TowerContext | None = None) -> Tensor:
+        """(N, 3, H, W) -> (N, W, H/P, W/P)."""
+        return super().forward(images)
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the activation OpenAI's CLIP was trained with."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused input projection, computed by ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, context: TowerContext) -> Tensor:
+        """(N, L, W) -> (N, L, W); causal when ``context.causal``."""
+        n, length, width = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=context.causal)
+        return self.out_proj(out.transpose(1, 2).reshape(n, length, width))
+
+
+class Mlp(nn.Module):
+    """Linear -> (Quick)GELU -> Linear, named like OpenAI CLIP's ``c_fc`` / ``c_proj``."""
+
+    def __init__(self, width: int, hidden: int, quick_gelu: bool):
+        super().__init__()
+        self.c_fc = nn.Linear(width, hidden)
+        self.gelu = QuickGELU() if quick_gelu else nn.GELU()
+        self.c_proj = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor, context: TowerContext) -> Tensor:
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class ResidualBlock(nn.Module):
+    """Pre-LN transformer block: ``x + attn(ln_1 x)``, then ``+ mlp(ln_2 x)``."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, quick_gelu: bool):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = Mlp(width, int(width * mlp_ratio), quick_gelu)
+
+    def forward(self, x: Tensor, context: TowerContext) -> Tensor:
+        x = x + self.attn(self.ln_1(x), context)
+        x = x + self.mlp(self.ln_2(x), context)
+        return x
+
+
+class Transformer(nn.Module):
+    """A stack of residual blocks (``resblocks``) with optional token hooks before and between them.
+
+    ``token_hooks[str(i)]`` runs before block ``i``; ``token_hooks[str(len(resblocks))]`` runs after the last block.
+    A hook is any module ``(x, context) -> x`` that may insert, replace or drop tokens (prompt methods).
+    """
+
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, quick_gelu: bool):
+        super().__init__()
+        self.width = width
+        self.resblocks = nn.ModuleList(ResidualBlock(width, heads, mlp_ratio, quick_gelu) for _ in range(layers))
+        self.token_hooks = nn.ModuleDict()
+
+    def add_token_hook(self, position: int, hook: nn.Module) -> None:
+        """Run ``hook(x, context)`` before block ``position`` (``len(resblocks)`` means after the last block)."""
+        if not 0 <= position <= len(self.resblocks):
+            raise ValueError(f"token hook position {position} outside 0..{len(self.resblocks)}")
+        key = str(position)
+        if key not in self.token_hooks:
+            self.token_hooks[key] = nn.ModuleList()
+        self.token_hooks[key].append(hook)
+
+    def _run_hooks(self, position: int, x: Tensor, context: TowerContext) -> Tensor:
+        key = str(position)
+        if key in self.token_hooks:
+            for hook in self.token_hooks[key]:
+                x = hook(x, context)
+        return x
+
+    def forward(self, x: Tensor, context: TowerContext, hidden_states: list[Tensor] | None = None) -> Tensor:
+        """(N, L, W) -> (N, L', W). Appends each block's output to ``hidden_states`` when a list is given."""
+        for index, block in enumerate(self.resblocks):
+            x = self._run_hooks(index, x, context)
+            x = block(x, context)
+            if hidden_states is not None:
+                hidden_states.append(x)
+        return self._run_hooks(len(self.resblocks), x, context)
+
+    def init_weights(self, layers: int) -> None:
+        """open_clip's initialisation: attention std W^-1/2, output projections scaled by (2 layers)^-1/2."""
+        attn_std = self.width**-0.5
+        proj_std = attn_std * (2 * layers) ** -0.5
+        fc_std = (2 * self.width) ** -0.5
+        for block in self.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.zeros_(block.attn.in_proj_bias)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.zeros_(block.attn.out_proj.bias)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.zeros_(block.mlp.c_fc.bias)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+            nn.init.zeros_(block.mlp.c_proj.bias)
+
+
+def default_logit_scale() -> float:
+    """CLIP's initial temperature, ln(1 / 0.07)."""
+    return math.log(1 / 0.07)

@@ -1,0 +1,1 @@
+"""Video decoding, frame cache, benchmark readers and the synthetic world."""
