@@ -24,7 +24,9 @@ class TowerContext:
     frames, so a wrapper that needs the video structure reshapes ``(B*T, N, W) -> (B, T, N, W)`` from these fields.
     The text tower processes ``batch_size`` captions (``num_frames == 1``); ``token_mask`` (B, L) marks real tokens and
     ``pool_index`` (B,) is the EOT position that the tower pools. A token hook that inserts ``k`` tokens before the EOT
-    adds ``k`` to ``pool_index``. ``state`` is a scratch dict a method may use to pass values between its own hooks and
+    adds ``k`` to ``pool_index``. ``key_padding_mask`` (N, L) bool, True on tokens that may be attended to, is applied
+    by every attention when set (the backbone's towers leave it unset; heads that reuse blocks over padded frame
+    sequences set it). ``state`` is a scratch dict a method may use to pass values between its own hooks and
     wrappers during one forward pass; the backbone never reads it.
     """
 
@@ -35,6 +37,7 @@ class TowerContext:
     token_mask: Tensor | None = None
     pool_index: Tensor | None = None
     causal: bool = False
+    key_padding_mask: Tensor | None = None
     state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,7 +77,13 @@ class Attention(nn.Module):
         n, length, width = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         qkv = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=context.causal)
+        if context.key_padding_mask is None:
+            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=context.causal)
+        else:
+            mask = context.key_padding_mask[:, None, None, :].bool()  # (N, 1, 1, L)
+            if context.causal:
+                mask = mask & torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)
         return self.out_proj(out.transpose(1, 2).reshape(n, length, width))
 
 
