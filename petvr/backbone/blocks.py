@@ -71,6 +71,7 @@ class Attention(nn.Module):
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)  # as nn.MultiheadAttention; CLIP.init_weights overrides it
 
     def forward(self, x: Tensor, context: TowerContext) -> Tensor:
         """(N, L, W) -> (N, L, W); causal when ``context.causal``."""
