@@ -1,0 +1,174 @@
+"""Adapter checkpoints (a folder: ``adapter.safetensors`` with the trained weights only, ``adapter.json`` with the
+method, its config, the backbone name and weight hash, recipe, metrics and petvr version) and atomic writes.
+
+Every write goes to a temporary sibling, is fsynced, then renamed into place, so a process killed half-way leaves the
+previous file or folder intact and loadable.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter.json"
+FORMAT_NAME = "petvr-adapter"
+
+
+def _fsync_path(path: Path) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+        _fsync_path(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+
+
+def atomic_write_folder(folder: str | Path, write: Callable[[Path], None]) -> Path:
+    """Fill a temporary folder with ``write(tmp_folder)``, then move it to ``folder`` (replacing an old one).
+
+    The old folder is renamed aside before the new one takes its place and deleted only afterwards, so at every
+    instant a complete version exists on disk (``load_adapter`` also looks at the aside copy if the swap was cut).
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        write(tmp)
+        for child in tmp.iterdir():
+            _fsync_path(child)
+        _fsync_path(tmp)
+        aside = folder.with_name(f".{folder.name}.old")
+        if folder.exists():
+            if aside.exists():
+                shutil.rmtree(aside)
+            os.replace(folder, aside)
+        os.replace(tmp, folder)
+        _fsync_path(folder.parent)
+        if aside.exists():
+            shutil.rmtree(aside)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def save_adapter(model, folder: str | Path, recipe: dict | None = None, metrics: dict | None = None,
+                 backbone_name: str | None = None) -> Path:
+    """Write ``model``'s trained weights and their description to ``folder`` atomically."""
+    from .backbone.checkpoints import backbone_weight_hash
+
+    weights = {name: tensor.contiguous().clone() for name, tensor in model.trainable_state_dict().items()}
+    description = {
+        "format": FORMAT_NAME,
+        "petvr_version": __version__,
+        "method": model.method_name,
+        "method_config": model.method_config_dict(),
+        "backbone": {
+            "name": backbone_name or getattr(model.backbone, "name", None),
+            "config": model.backbone.config.to_dict(),
+            "weight_hash": backbone_weight_hash(model.backbone),
+        },
+        "parameters": model.parameter_report(),
+        "recipe": recipe or {},
+        "metrics": metrics or {},
+    }
+
+    def write(tmp: Path) -> None:
+        save_file(weights, str(tmp / ADAPTER_WEIGHTS), metadata={"format": FORMAT_NAME, "method": model.method_name})
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
+
+    return atomic_write_folder(folder, write)
+
+
+def read_adapter_description(folder: str | Path) -> dict:
+    """The parsed ``adapter.json`` of an adapter folder, with clear errors for a missing or broken one."""
+    folder = _resolve_adapter_folder(Path(folder))
+    path = folder / ADAPTER_CONFIG
+    try:
+        description = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    if description.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path}: not a petvr adapter description (format {description.get('format')!r})")
+    for key in ("method", "method_config", "backbone"):
+        if key not in description:
+            raise ValueError(f"{path}: missing {key!r}")
+    return description
+
+
+def _resolve_adapter_folder(folder: Path) -> Path:
+    if (folder / ADAPTER_CONFIG).is_file():
+        return folder
+    aside = folder.with_name(f".{folder.name}.old")  # a replacement was cut between its two renames
+    if not folder.exists() and (aside / ADAPTER_CONFIG).is_file():
+        return aside
+    raise FileNotFoundError(f"{folder}: no {ADAPTER_CONFIG} here; an adapter folder holds {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG}")
+
+
+def load_adapter(folder: str | Path, backbone=None, check_backbone: bool = True):
+    """Rebuild a ``RetrievalModel`` from an adapter folder.
+
+    Without ``backbone`` the backbone named in ``adapter.json`` is loaded. The backbone's weight hash must match the
+    one the adapter was trained on, unless ``check_backbone=False``.
+    """
+    from .backbone.checkpoints import backbone_weight_hash, load_backbone
+    from .methods import RetrievalModel
+
+    folder = _resolve_adapter_folder(Path(folder))
+    description = read_adapter_description(folder)
+    expected = description["backbone"]
+    if backbone is None:
+        backbone = load_backbone(expected["name"])
+    if check_backbone:
+        found = backbone_weight_hash(backbone)
+        if found != expected.get("weight_hash"):
+            raise ValueError(
+                f"{folder}: this adapter was trained on backbone {expected.get('name')!r} with weight hash "
+                f"{expected.get('weight_hash')}, but the given backbone has hash {found}; load the backbone it was "
+                "trained on (or pass check_backbone=False if you know what you are doing)")
+    model = RetrievalModel(backbone, description["method"], **description["method_config"])
+    weights_path = folder / ADAPTER_WEIGHTS
+    try:
+        weights = load_file(str(weights_path))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{weights_path}: cannot read adapter weights ({error})") from error
+    model.load_trainable_state_dict(weights, source=str(weights_path))
+    return model, description
+
+
+def save_training_state(path: str | Path, state: dict) -> Path:
+    """Optimizer, scheduler, RNG and progress for resuming, written atomically with ``torch.save``."""
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))

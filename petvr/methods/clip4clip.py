@@ -1,0 +1,84 @@
+"""CLIP4Clip (Luo et al. 2021): the base recipe and the full fine-tuning baseline.
+
+The backbone is fine-tuned from block ``freeze_layer_num`` on (0: every block, 12 on ViT-B/32: only the projections,
+final LayerNorms and logit scale; -1: everything, embeddings included), and frames are scored with one of the four
+heads (``meanP``, ``seqLSTM``, ``seqTransf``, ``tightTransf``; see ``heads.py``).
+
+Code vs paper: we follow the public code (reference §1.1-1.3). ``linear_patch="3d"`` replaces the patch embedding
+with a Conv3d over neighbouring frames initialised by central inflation (identical to 2d at initialisation). In the
+public code a bug makes ``freeze_layer_num`` ignored with 3d (everything trains); we train what the code intended
+(the blocks from ``freeze_layer_num`` plus the new Conv3d), and ``reproduce_3d_freeze_bug=True`` restores the bug.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..backbone import CLIP, TowerContext
+from .base import Method, register_method
+from .heads import build_head
+
+ALWAYS_TRAINED = ("logit_scale", "text.ln_final.", "text.text_projection", "visual.ln_post.", "visual.proj")
+
+
+@dataclass
+class CLIP4ClipConfig:
+    sim_header: str = "meanP"
+    freeze_layer_num: int = 0
+    linear_patch: str = "2d"
+    cross_num_hidden_layers: int = 4
+    reproduce_3d_freeze_bug: bool = False
+
+
+class TemporalPatchEmbedding(nn.Module):
+    """CLIP4Clip's 3D linear patch: Conv3d with kernel (3, P, P), stride (1, P, P), temporal padding 1, no bias.
+
+    Each frame's patch embedding sees its two neighbours. Initialised by central inflation from the 2D patch weight,
+    so at initialisation it equals the 2D embedding. Input (B*T, 3, H, W) with the video context -> (B*T, W, h, w).
+    """
+
+    def __init__(self, patch_embedding: nn.Conv2d):
+        super().__init__()
+        width, _, patch, _ = patch_embedding.weight.shape
+        self.conv2 = nn.Conv3d(3, width, kernel_size=(3, patch, patch), stride=(1, patch, patch), padding=(1, 0, 0), bias=False)
+        with torch.no_grad():
+            self.conv2.weight.zero_()
+            self.conv2.weight[:, :, 1].copy_(patch_embedding.weight)
+
+    def forward(self, images: Tensor, context: TowerContext) -> Tensor:
+        batch_frames, channels, height, width = images.shape
+        video = images.view(context.batch_size, context.num_frames, channels, height, width).transpose(1, 2)
+        patches = self.conv2(video)  # (B, W, T, h, w)
+        return patches.transpose(1, 2).flatten(0, 1)
+
+
+@register_method("clip4clip", CLIP4ClipConfig)
+class CLIP4Clip(Method):
+    def __init__(self, backbone: CLIP, config: CLIP4ClipConfig):
+        super().__init__(backbone, config)
+        if config.linear_patch not in ("2d", "3d"):
+            raise ValueError(f"linear_patch must be '2d' or '3d', got {config.linear_patch!r}")
+        layers = max(backbone.config.vision.layers, backbone.config.text.layers)
+        if not -1 <= config.freeze_layer_num <= layers:
+            raise ValueError(f"freeze_layer_num must be in -1..{layers}, got {config.freeze_layer_num}")
+        if config.linear_patch == "3d":
+            backbone.visual.conv1 = TemporalPatchEmbedding(backbone.visual.conv1)
+        self.head = build_head(config.sim_header, backbone, num_layers=config.cross_num_hidden_layers)
+
+    def backbone_parameters_to_train(self, backbone: CLIP) -> Iterable[str]:
+        freeze = self.config.freeze_layer_num
+        train_everything = freeze == -1 or (self.config.linear_patch == "3d" and self.config.reproduce_3d_freeze_bug)
+        for name, _ in backbone.named_parameters():
+            if train_everything or name.startswith(ALWAYS_TRAINED) or _block_index(name) >= freeze:
+                yield name
+
+
+def _block_index(name: str) -> int:
+    """``visual.transformer.resblocks.7.attn...`` -> 7; -1 for parameters outside the blocks."""
+    parts = name.split(".")
+    if "resblocks" in parts:
+        return int(parts[parts.index("resblocks") + 1])
+    return -1

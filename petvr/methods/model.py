@@ -1,0 +1,103 @@
+"""The retrieval model: one frozen backbone plus one method.
+
+``RetrievalModel(backbone, "clip4clip", sim_header="seqTransf")`` freezes the backbone, lets the method plug in,
+then marks as trainable exactly the method's new weights and the backbone weights the method asks for.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..backbone import CLIP
+from .base import create_method
+
+
+class RetrievalModel(nn.Module):
+    def __init__(self, backbone: CLIP, method: str, **method_config: Any):
+        super().__init__()
+        self.backbone = backbone
+        backbone_names = {id(p): name for name, p in backbone.named_parameters()}
+        self.backbone_parameter_count = sum(p.numel() for p in backbone.parameters())
+        backbone.requires_grad_(False)
+        self.method = create_method(method, backbone, **method_config)
+        unfrozen = set(self.method.backbone_parameters_to_train(backbone))
+        # Trainable: every weight the method added (its modules, and those it wrapped into the backbone), plus the
+        # original backbone weights it names. Original weights it replaced stay frozen.
+        for parameter in self.parameters():
+            original_name = backbone_names.get(id(parameter))
+            parameter.requires_grad_(original_name is None or original_name in unfrozen)
+        self._original_backbone_ids = set(backbone_names)
+
+    @property
+    def method_name(self) -> str:
+        return self.method.method_name
+
+    def method_config_dict(self) -> dict[str, Any]:
+        return asdict(self.method.config)
+
+    @property
+    def logit_scale(self) -> Tensor:
+        return self.backbone.logit_scale.exp()
+
+    def encode_text(self, token_ids: Tensor, token_mask: Tensor) -> Tensor:
+        """(B, L) -> (B, D)."""
+        return self.method.encode_text(self.backbone, token_ids, token_mask)
+
+    def encode_video(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
+        """(B, T, 3, H, W), (B, T) -> per-frame embeddings (B, T, D)."""
+        return self.method.encode_video(self.backbone, frames, frame_mask)
+
+    def similarity(self, text_embeddings: Tensor, frame_embeddings: Tensor, frame_mask: Tensor) -> Tensor:
+        """(Nt, D), (Nv, T, D), (Nv, T) -> logits (Nt, Nv)."""
+        return self.method.similarity(text_embeddings, frame_embeddings, frame_mask, self.logit_scale)
+
+    def forward(self, token_ids: Tensor, token_mask: Tensor, frames: Tensor, frame_mask: Tensor) -> Tensor:
+        """Logits (B, B) of a batch of B (caption, video) pairs."""
+        return self.similarity(self.encode_text(token_ids, token_mask), self.encode_video(frames, frame_mask), frame_mask)
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Only the trained weights, by name: what an adapter checkpoint holds."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, Tensor], source: str = "adapter") -> None:
+        """Load trained weights; the names and shapes must match this model's trainable weights exactly."""
+        own = dict(self.named_parameters())
+        expected = {name for name, p in own.items() if p.requires_grad}
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(f"{source}: weights do not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+                             f" ({len(missing)} missing, {len(unexpected)} unexpected)")
+        with torch.no_grad():
+            for name, tensor in state.items():
+                if own[name].shape != tensor.shape:
+                    raise ValueError(f"{source}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(own[name].shape)}")
+                own[name].copy_(tensor)
+
+    def parameter_report(self) -> dict[str, Any]:
+        """Trainable counts: the method's new weights, backbone weights it unfroze, and % of the backbone."""
+        new = unfrozen = 0
+        for parameter in self.parameters():
+            if parameter.requires_grad:
+                if id(parameter) in self._original_backbone_ids:
+                    unfrozen += parameter.numel()
+                else:
+                    new += parameter.numel()
+        total = self.backbone_parameter_count
+        return {
+            "method": self.method_name,
+            "trainable": new + unfrozen,
+            "new_parameters": new,
+            "unfrozen_backbone_parameters": unfrozen,
+            "backbone_parameters": total,
+            "trainable_percent_of_backbone": 100.0 * (new + unfrozen) / total,
+            "new_percent_of_backbone": 100.0 * new / total,
+        }
+
+    def format_parameter_report(self) -> str:
+        r = self.parameter_report()
+        return (f"{r['method']}: {r['trainable']:,} trainable ({r['trainable_percent_of_backbone']:.3f}% of the "
+                f"{r['backbone_parameters']:,}-parameter backbone): {r['new_parameters']:,} new, "
+                f"{r['unfrozen_backbone_parameters']:,} unfrozen backbone")
