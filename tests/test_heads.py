@@ -142,7 +142,7 @@ def test_videos_without_valid_frames_give_finite_scores(tiny_backbone, width, na
     mask = torch.tensor([[False] * 4, [True, True, False, False]])
     logits = head(torch.randn(3, width), frames, mask, SCALE)
     assert torch.isfinite(logits).all()
-    if isinstance(head, PooledVideoHead) or isinstance(head, QueryScoringPooling):
+    if isinstance(head, (PooledVideoHead, QueryScoringPooling)):
         assert torch.equal(logits[:, 0], torch.zeros(3))
 
 
