@@ -85,19 +85,17 @@ def atomic_write_folder(folder: str | Path, write: Callable[[Path], None]) -> Pa
     return folder
 
 
-def save_adapter(model, folder: str | Path, recipe: dict | None = None, metrics: dict | None = None,
-                 backbone_name: str | None = None) -> Path:
-    """Write ``model``'s trained weights and their description to ``folder`` atomically."""
+def adapter_description(model, recipe: dict | None = None, metrics: dict | None = None) -> dict:
+    """The ``adapter.json`` content for ``model``: method, config, backbone identity, counts, recipe, metrics."""
     from .backbone.checkpoints import backbone_weight_hash
 
-    weights = {name: tensor.contiguous().clone() for name, tensor in model.trainable_state_dict().items()}
-    description = {
+    return {
         "format": FORMAT_NAME,
         "petvr_version": __version__,
         "method": model.method_name,
         "method_config": model.method_config_dict(),
         "backbone": {
-            "name": backbone_name or getattr(model.backbone, "name", None),
+            "name": model.backbone.name,
             "config": model.backbone.config.to_dict(),
             "weight_hash": backbone_weight_hash(model.backbone),
         },
@@ -106,11 +104,18 @@ def save_adapter(model, folder: str | Path, recipe: dict | None = None, metrics:
         "metrics": metrics or {},
     }
 
-    def write(tmp: Path) -> None:
-        save_file(weights, str(tmp / ADAPTER_WEIGHTS), metadata={"format": FORMAT_NAME, "method": model.method_name})
-        (tmp / ADAPTER_CONFIG).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
 
-    return atomic_write_folder(folder, write)
+def write_adapter_files(model, folder: Path, recipe: dict | None = None, metrics: dict | None = None) -> None:
+    """Write ``adapter.safetensors`` and ``adapter.json`` into an existing (temporary) folder."""
+    weights = {name: tensor.contiguous().clone() for name, tensor in model.trainable_state_dict().items()}
+    save_file(weights, str(folder / ADAPTER_WEIGHTS), metadata={"format": FORMAT_NAME, "method": model.method_name})
+    description = adapter_description(model, recipe, metrics)
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
+
+
+def save_adapter(model, folder: str | Path, recipe: dict | None = None, metrics: dict | None = None) -> Path:
+    """Write ``model``'s trained weights and their description to ``folder`` atomically."""
+    return atomic_write_folder(folder, lambda tmp: write_adapter_files(model, tmp, recipe, metrics))
 
 
 def read_adapter_description(folder: str | Path) -> dict:

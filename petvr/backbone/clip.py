@@ -6,6 +6,8 @@ each tower's ``transformer``, and ``forward_intermediates`` (every block's hidde
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
@@ -110,9 +112,10 @@ class TextTower(nn.Module):
 class CLIP(nn.Module):
     """Both towers and the learnable logit scale (``exp(logit_scale)`` multiplies cosine similarities)."""
 
-    def __init__(self, config: CLIPConfig):
+    def __init__(self, config: CLIPConfig, name: str | None = None):
         super().__init__()
         self.config = config
+        self.name = name  # the model config name ("ViT-B-32"); recorded in adapter files
         self.visual = VisionTower(config.vision, config.embed_dim, config.quick_gelu)
         self.text = TextTower(config.text, config.embed_dim, config.quick_gelu)
         self.logit_scale = nn.Parameter(torch.tensor(default_logit_scale()))
@@ -166,10 +169,12 @@ def create_backbone(config: str | CLIPConfig, device: torch.device | str | None 
 
     On ``device="meta"`` nothing is allocated (for parameter counts).
     """
+    name = None
     if not isinstance(config, CLIPConfig):
+        name = Path(config).stem
         config = get_model_config(config)
     with torch.device(device or "cpu"):
-        model = CLIP(config)
+        model = CLIP(config, name)
         if str(device) != "meta":
             model.init_weights()
     return model
