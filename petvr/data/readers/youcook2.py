@@ -1,0 +1,63 @@
+"""YouCook2 (``youcookii_annotations_trainval.json``).
+
+``{"database": {video_id: {"duration": s, "subset": "training" | "validation", "recipe_type": "101",
+"annotations": [{"segment": [start, end], "id": 0, "sentence": "..."}, ...]}}}``, segment times in seconds. The test
+subset has no public annotations.
+
+``mode="sentence"`` (default, and what timestamp-supervised training needs): every step sentence is a caption with its
+segment in ``caption_times``; ``RetrievalSplit.clips()`` gives clip-level records. ``mode="paragraph"``: the video's
+sentences joined into one caption spanning ``[0, duration]``.
+
+Videos are stored as ``{subset}/{recipe_type}/{video_id}.mp4`` (``.mkv``/``.webm`` too) or flat; they are found by
+stem anywhere under ``video_dir``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from petvr.data.errors import DataError
+from petvr.data.readers.common import (Problems, VideoIndex, caption_text, expect_type, get_key, load_json, seconds,
+                                       time_span)
+from petvr.data.records import RetrievalSplit, VideoRecord
+
+ANNOTATION_FILE = "youcookii_annotations_trainval.json"
+SUBSETS = {"train": "training", "val": "validation"}
+MODES = ("paragraph", "sentence")
+
+
+def read_youcook2(annotation_dir: str | Path, video_dir: str | Path, split: str = "val", mode: str = "sentence",
+                  skip_unreadable: bool = False) -> RetrievalSplit:
+    """Read YouCook2 ``split`` ("train" or "val") as timed step sentences or as paragraphs."""
+    if split not in SUBSETS:
+        raise ValueError(f"YouCook2 split must be one of {sorted(SUBSETS)}, got {split!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    path = Path(annotation_dir) / ANNOTATION_FILE
+    database = expect_type(get_key(load_json(path), "database", path), dict, path, '"database"')
+    videos = VideoIndex(video_dir)
+    problems = Problems(skip_unreadable)
+
+    records = []
+    for video_id, entry in database.items():
+        with problems.item():
+            if get_key(entry, "subset", path, video_id) != SUBSETS[split]:
+                continue
+            duration = seconds(get_key(entry, "duration", path, video_id), path, "duration", video_id)
+            steps = expect_type(get_key(entry, "annotations", path, video_id), list, path, '"annotations"', video_id)
+            captions, spans = [], []
+            for number, step in enumerate(steps):
+                row = f"{video_id} annotation {number}"
+                with problems.item():
+                    caption = caption_text(get_key(step, "sentence", path, row), path, row)
+                    span = time_span(get_key(step, "segment", path, row), path, row, duration)
+                    captions.append(caption)
+                    spans.append(span)
+            if not captions:
+                raise DataError(path, "no readable annotations", video_id)
+            file = videos.lookup((video_id,), path, video_id)
+            if mode == "paragraph":
+                records.append(VideoRecord(video_id, file, split, [" ".join(captions)], start=0.0, end=duration,
+                                           duration=duration))
+            else:
+                records.append(VideoRecord(video_id, file, split, captions, caption_times=spans, duration=duration))
+    return RetrievalSplit("youcook2", split, records, problems.report)
