@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import fields
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..backbone import CLIP
@@ -50,9 +51,13 @@ def make_method_config(name: str, **overrides: Any):
 
 
 def create_method(name: str, backbone: CLIP, **overrides: Any) -> "Method":
-    """Build method ``name`` on ``backbone`` (which it may wrap in place) with its config overridden by ``overrides``."""
+    """Build method ``name`` on ``backbone`` (which it may wrap in place) with its config overridden by ``overrides``.
+
+    The method's modules are created on the backbone's device (the meta device included, for parameter counts).
+    """
     config = make_method_config(name, **overrides)
-    return _REGISTRY[name][0](backbone, config)
+    with torch.device(next(backbone.parameters()).device):
+        return _REGISTRY[name][0](backbone, config)
 
 
 def _check_known(name: str) -> None:

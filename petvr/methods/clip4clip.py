@@ -44,9 +44,10 @@ class TemporalPatchEmbedding(nn.Module):
         super().__init__()
         width, _, patch, _ = patch_embedding.weight.shape
         self.conv2 = nn.Conv3d(3, width, kernel_size=(3, patch, patch), stride=(1, patch, patch), padding=(1, 0, 0), bias=False)
-        with torch.no_grad():
-            self.conv2.weight.zero_()
-            self.conv2.weight[:, :, 1].copy_(patch_embedding.weight)
+        if not patch_embedding.weight.is_meta:  # on the meta device (parameter counts) there is nothing to copy
+            with torch.no_grad():
+                self.conv2.weight.zero_()
+                self.conv2.weight[:, :, 1].copy_(patch_embedding.weight)
 
     def forward(self, images: Tensor, context: TowerContext) -> Tensor:
         batch_frames, channels, height, width = images.shape

@@ -1,0 +1,259 @@
+"""The training loop shared by every method: symmetric InfoNCE over (caption, video) batches.
+
+One code path for one process and for ``torchrun`` (DDP): each rank encodes its share of the global batch, the
+embeddings are all-gathered with gradient, and every rank computes the loss on the global batch, so the gradients
+equal single-process training on that batch. Pairwise heads (tightTransf) score only the local batch, as
+CLIP4Clip does. Checkpoints hold the trained weights (an adapter folder) plus the optimizer, scheduler, RNG and
+progress; resuming replays the same batches in the same order, so the loss curve continues as if uninterrupted.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..checkpoint import atomic_write_folder, atomic_write_json, save_adapter, write_adapter_files
+from .distributed import all_gather_with_grad, is_main_process, rank, world_size
+from .losses import symmetric_infonce
+from .optim import build_optimizer
+
+TRAINING_STATE = "training_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation part of a recipe; defaults are CLIP4Clip's README settings."""
+
+    epochs: int = 5
+    batch_size: int = 128  # global, over all processes and accumulation steps
+    gradient_accumulation_steps: int = 1
+    optimizer: str = "bertadam"
+    lr: float = 1e-4
+    coef_lr: float = 1e-3  # backbone weights train at lr * coef_lr
+    weight_decay: float = 0.2
+    warmup: float = 0.1
+    schedule: str | None = None  # default: warmup_cosine (BertAdam) / cosine_with_warmup (AdamW)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    max_grad_norm: float = 1.0  # BertAdam's per-parameter clip; -1 disables
+    clip_grad_norm: float = 1.0  # global clip in the loop; 0 disables
+    no_decay_norms_and_embeddings: bool = False
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast; CUDA only)
+    max_logit_scale: float = 100.0
+    seed: int = 42
+    num_workers: int = 0
+    checkpoint_every_steps: int = 0  # 0: at the end of every epoch
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by gradient_accumulation_steps "
+                             f"{self.gradient_accumulation_steps}")
+
+
+class ContrastiveObjective(nn.Module):
+    """Wraps a ``RetrievalModel`` so DDP sees one forward: encode, gather (loose heads), score, loss."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, token_ids: Tensor, token_mask: Tensor, frames: Tensor, frame_mask: Tensor) -> Tensor:
+        text = self.model.encode_text(token_ids, token_mask)
+        video = self.model.encode_video(frames, frame_mask)
+        if not self.model.method.pairwise:
+            text, video, frame_mask = (all_gather_with_grad(t) for t in (text, video, frame_mask))
+        return symmetric_infonce(self.model.similarity(text, video, frame_mask))
+
+
+def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a list of dataset items (tensors stacked, everything else listed)."""
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [sample[key] for sample in samples]
+        batch[key] = torch.stack(values) if isinstance(values[0], Tensor) else values
+    return batch
+
+
+class Trainer:
+    """Trains ``model`` (a ``RetrievalModel``) on ``dataset`` items ``{"video_id", "token_ids", "token_mask",
+    "frames", "frame_mask"}``; ``evaluate(model) -> metrics dict`` runs after each epoch when given."""
+
+    def __init__(self, model: nn.Module, dataset: Dataset, config: TrainConfig, run_dir: str | Path,
+                 evaluate: Callable[[nn.Module], dict] | None = None, recipe: dict | None = None,
+                 device: torch.device | str = "cpu", selection_metric: str = "t2v/R@1"):
+        self.model = model.to(device)
+        self.dataset = dataset
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.evaluate = evaluate
+        self.recipe = recipe or {}
+        self.device = torch.device(device)
+        self.selection_metric = selection_metric
+        self.world = world_size()
+        per_step = config.batch_size // self.world
+        if per_step * self.world != config.batch_size or per_step % config.gradient_accumulation_steps:
+            raise ValueError(f"global batch {config.batch_size} does not split over {self.world} processes x "
+                             f"{config.gradient_accumulation_steps} accumulation steps")
+        self.micro_batch = per_step // config.gradient_accumulation_steps
+        self.steps_per_epoch = len(dataset) // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(dataset)} training samples are fewer than one batch of {config.batch_size}")
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.objective = ContrastiveObjective(self.model)
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=ids)
+        self.optimizer, self.scheduler = build_optimizer(
+            config.optimizer, self.model.named_parameters(), lr=config.lr, total_steps=self.total_steps,
+            coef_lr=config.coef_lr, weight_decay=config.weight_decay, warmup=config.warmup, schedule=config.schedule,
+            betas=config.betas, eps=config.eps, max_grad_norm=config.max_grad_norm,
+            no_decay_norms_and_embeddings=config.no_decay_norms_and_embeddings)
+        self.step = 0
+        self.history: list[dict] = []
+        self.best: dict | None = None
+
+    # -- data order: a permutation per epoch from (seed, epoch); rank r takes its slice of every global batch --
+    def _epoch_batches(self, epoch: int, first_step: int) -> list[list[int]]:
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.config.seed + epoch))
+        batches = []
+        for step in range(first_step, self.steps_per_epoch):
+            global_batch = order[step * self.config.batch_size:(step + 1) * self.config.batch_size]
+            local = global_batch.view(self.world, -1)[rank()]
+            batches += [chunk.tolist() for chunk in local.split(self.micro_batch)]
+        return batches
+
+    def _loader(self, epoch: int, first_step: int) -> DataLoader:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return DataLoader(self.dataset, batch_sampler=self._epoch_batches(epoch, first_step),
+                          num_workers=self.config.num_workers, collate_fn=collate_samples)
+
+    def _trainable(self) -> list[Tensor]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def train(self) -> dict:
+        config = self.config
+        self.model.train()
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+        start_epoch, start_step = divmod(self.step, self.steps_per_epoch)
+        for epoch in range(start_epoch, config.epochs):
+            first = start_step if epoch == start_epoch else 0
+            loader = self._loader(epoch, first)
+            progress = tqdm(total=self.steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}",
+                            unit="step", disable=not is_main_process())
+            micro_batches = iter(loader)
+            for _ in range(first, self.steps_per_epoch):
+                step_loss = 0.0
+                for _ in range(config.gradient_accumulation_steps):
+                    batch = next(micro_batches)
+                    with autocast:
+                        loss = self.objective(*(batch[k].to(self.device) for k in ("token_ids", "token_mask", "frames", "frame_mask")))
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"loss is {loss.item()} at epoch {epoch + 1}, step {self.step + 1}; stopping. Videos in "
+                            f"this batch: {', '.join(map(str, batch['video_id']))}")
+                    (loss / config.gradient_accumulation_steps).backward()
+                    step_loss += loss.item() / config.gradient_accumulation_steps
+                if config.clip_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(self._trainable(), config.clip_grad_norm)
+                self.optimizer.step()
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    self.model.backbone.logit_scale.clamp_(max=math.log(config.max_logit_scale))
+                self.step += 1
+                self.history.append({"step": self.step, "epoch": epoch + 1, "loss": step_loss})
+                progress.update(1)
+                progress.set_postfix(loss=f"{step_loss:.4f}")
+                if config.checkpoint_every_steps and self.step % config.checkpoint_every_steps == 0:
+                    self.save_checkpoint()
+            progress.close()
+            metrics = self._evaluate_epoch(epoch)
+            if not config.checkpoint_every_steps or self.step % config.checkpoint_every_steps:
+                self.save_checkpoint(metrics)
+        final = self.run_dir / "adapter"
+        if is_main_process():
+            save_adapter(self.model, final, self.recipe, self.best["metrics"] if self.best else {})
+        return {"history": self.history, "best": self.best, "adapter": str(final)}
+
+    def _evaluate_epoch(self, epoch: int) -> dict:
+        if self.evaluate is None or not is_main_process():
+            return {}
+        self.model.eval()
+        metrics = self.evaluate(self.model)
+        self.model.train()
+        direction, key = self.selection_metric.split("/")
+        score = metrics[direction][key]
+        if self.best is None or score > self.best["score"]:
+            self.best = {"epoch": epoch + 1, "step": self.step, "score": score, "metrics": metrics}
+            save_adapter(self.model, self.run_dir / "best", self.recipe, metrics)
+        self.history.append({"step": self.step, "epoch": epoch + 1, "eval": metrics})
+        return metrics
+
+    # -- checkpoints --
+    def _training_state(self) -> dict:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "history": self.history,
+            "best": self.best,
+            "train_config": asdict(self.config),
+        }
+
+    def save_checkpoint(self, metrics: dict | None = None) -> Path | None:
+        """Write ``run_dir/checkpoints/step-N`` atomically, then point ``run_dir/latest.json`` at it."""
+        if not is_main_process():
+            return None
+        folder = self.run_dir / "checkpoints" / f"step-{self.step:08d}"
+        state = self._training_state()
+
+        def write(tmp: Path) -> None:
+            write_adapter_files(self.model, tmp, self.recipe, metrics)
+            torch.save(state, tmp / TRAINING_STATE)
+
+        atomic_write_folder(folder, write)
+        atomic_write_json(self.run_dir / "latest.json", {"checkpoint": folder.name, "step": self.step})
+        kept = sorted((self.run_dir / "checkpoints").glob("step-*"))
+        for old in kept[: max(0, len(kept) - self.config.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def resume(self) -> bool:
+        """Continue from ``run_dir/latest.json`` if there is one; returns whether it resumed."""
+        pointer = self.run_dir / "latest.json"
+        if not pointer.exists():
+            return False
+        folder = self.run_dir / "checkpoints" / json.loads(pointer.read_text())["checkpoint"]
+        from safetensors.torch import load_file
+
+        self.model.load_trainable_state_dict(load_file(str(folder / "adapter.safetensors")), source=str(folder))
+        state = torch.load(folder / TRAINING_STATE, map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step, self.history, self.best = state["step"], state["history"], state["best"]
+        return True
