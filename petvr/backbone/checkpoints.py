@@ -1,0 +1,579 @@
+"""Backbone checkpoint readers: OpenAI, open_clip, Hugging Face and petvr weights into one ``CLIP``.
+
+Reading happens in three steps, each its own function:
+
+1. ``read_checkpoint(path)`` detects the container (TorchScript archive, ``torch.save`` pickle, safetensors file,
+   Hugging Face folder) and returns its tensors. Pickles are read with ``torch.load(weights_only=True)`` only.
+2. ``to_petvr_state_dict`` recognises the key layout (OpenAI / open_clip, Hugging Face ``CLIPModel``, petvr) and renames
+   and reshapes the tensors into petvr's keys (OpenAI's keys with the text tower under ``text.``).
+3. ``infer_config`` reads the architecture from the tensor shapes, as OpenAI's ``build_model`` does; heads and the
+   activation are not in the shapes, so they come from the checkpoint's own config when it has one (Hugging Face,
+   petvr), else from the named model config, else from the conventions (64-wide heads, QuickGELU).
+
+``load_backbone`` ties them together, checks every key and shape, and loads strictly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save_file as save_safetensors
+from torch import Tensor
+
+from ..data.errors import DataError
+from .clip import CLIP
+from .config import CLIPConfig, TextConfig, VisionConfig, get_model_config
+
+SUPPORTED_FORMATS = (
+    "OpenAI TorchScript archive (e.g. ViT-B-32.pt as OpenAI ships it)",
+    "OpenAI or open_clip state dict saved with torch.save (keys may carry a 'module.' prefix; "
+    "open_clip training checkpoints {'state_dict': ...} too)",
+    "Hugging Face CLIPModel folder (config.json + model.safetensors, model.safetensors.index.json or pytorch_model.bin)",
+    "a .safetensors file with OpenAI/open_clip, Hugging Face or petvr keys",
+)
+CHECKPOINT_DIR_ENV = "PETVR_CHECKPOINT_DIR"
+EMBEDDED_MODEL = "petvr-tiny"
+DEFAULT_HEAD_WIDTH = 64
+
+_HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+_OPENAI_TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
+_HF_BLOCK_RENAMES = {
+    "self_attn.out_proj.": "attn.out_proj.",
+    "layer_norm1.": "ln_1.",
+    "layer_norm2.": "ln_2.",
+    "mlp.fc1.": "mlp.c_fc.",
+    "mlp.fc2.": "mlp.c_proj.",
+}
+_HF_RENAMES = {
+    "vision_model.embeddings.class_embedding": "visual.class_embedding",
+    "vision_model.embeddings.patch_embedding.weight": "visual.conv1.weight",
+    "vision_model.embeddings.position_embedding.weight": "visual.positional_embedding",
+    "vision_model.pre_layrnorm.weight": "visual.ln_pre.weight",
+    "vision_model.pre_layrnorm.bias": "visual.ln_pre.bias",
+    "vision_model.post_layernorm.weight": "visual.ln_post.weight",
+    "vision_model.post_layernorm.bias": "visual.ln_post.bias",
+    "text_model.embeddings.token_embedding.weight": "text.token_embedding.weight",
+    "text_model.embeddings.position_embedding.weight": "text.positional_embedding",
+    "text_model.final_layer_norm.weight": "text.ln_final.weight",
+    "text_model.final_layer_norm.bias": "text.ln_final.bias",
+    "logit_scale": "logit_scale",
+}
+_HF_TRANSPOSED = {"visual_projection.weight": "visual.proj", "text_projection.weight": "text.text_projection"}
+_HF_TOWERS = {"vision_model": "visual", "text_model": "text"}
+_HF_ACTIVATIONS = {"quick_gelu": True, "gelu": False}
+
+
+class CheckpointError(DataError):
+    """A backbone checkpoint that cannot be read or does not fit: names the file and the key or shape."""
+
+
+@dataclass
+class RawCheckpoint:
+    """A checkpoint's tensors as stored, before renaming; ``hf_config`` / ``petvr_config`` when the file has one."""
+
+    path: Path
+    container: str
+    tensors: dict[str, Tensor]
+    hf_config: dict | None = None
+    petvr_config: dict | None = None
+
+
+@dataclass
+class ArchitectureFacts:
+    """What a checkpoint says beyond its shapes: heads per tower and the activation, each ``None`` when unknown."""
+
+    vision_heads: int | None = None
+    text_heads: int | None = None
+    quick_gelu: bool | None = None
+    source: str = "tensor shapes"
+    notes: list[str] = field(default_factory=list)
+
+
+def _formats_list() -> str:
+    return "supported formats:\n" + "\n".join(f"  - {entry}" for entry in SUPPORTED_FORMATS)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Step 1: containers
+# ---------------------------------------------------------------------------------------------------------------------
+
+def read_checkpoint(path: str | Path) -> RawCheckpoint:
+    """Read the tensors of any supported container (see ``SUPPORTED_FORMATS``) without interpreting their names."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return _read_hf_folder(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if not head:
+        raise CheckpointError(path, "the file is empty")
+    if head.startswith(b"PK\x03\x04"):
+        return _read_zip_archive(path)
+    if head[0] == 0x80:  # a pickle protocol opcode: torch.save's legacy (non-zip) format
+        return RawCheckpoint(path, "torch.save (legacy)", _state_dict_from_pickle(path))
+    if _looks_like_safetensors(head, path):
+        return _read_safetensors(path)
+    raise CheckpointError(path, f"unknown checkpoint format (starts with {head[:8]!r}); {_formats_list()}")
+
+
+def _looks_like_safetensors(head: bytes, path: Path) -> bool:
+    """safetensors: an 8-byte little-endian header length, then a JSON header."""
+    header_length = int.from_bytes(head[:8], "little")
+    return len(head) > 8 and head[8:9] == b"{" and 0 < header_length < path.stat().st_size
+
+
+def _read_zip_archive(path: Path) -> RawCheckpoint:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(path, f"truncated or corrupt zip archive ({error}); download or save it again") from error
+    if any(name.endswith("constants.pkl") or "/code/" in name for name in names):
+        return _read_torchscript(path)
+    return RawCheckpoint(path, "torch.save", _state_dict_from_pickle(path))
+
+
+def _read_torchscript(path: Path) -> RawCheckpoint:
+    """OpenAI's archives: the parameters of the scripted model (its buffers, such as ``attn_mask``, and the scalar
+    attributes ``input_resolution`` / ``context_length`` / ``vocab_size`` are not weights)."""
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as error:  # TorchScript raises RuntimeError and friends with long C++ traces
+        raise CheckpointError(path, f"corrupt TorchScript archive: {str(error).splitlines()[0]}") from error
+    return RawCheckpoint(path, "TorchScript", {name: p.detach() for name, p in module.named_parameters()})
+
+
+def _state_dict_from_pickle(path: Path) -> dict[str, Tensor]:
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" not in str(error).lower():
+            raise CheckpointError(path, f"truncated or corrupt torch.save file: {error}") from error
+        raise CheckpointError(
+            path,
+            "refused: the file holds Python objects other than tensors, and petvr only reads weights "
+            "(torch.load(weights_only=True)); save a plain state dict instead",
+        ) from error
+    except Exception as error:  # truncated zip records, bad storages: RuntimeError / EOFError / ValueError
+        raise CheckpointError(path, f"truncated or corrupt torch.save file: {str(error).splitlines()[0]}") from error
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]  # open_clip training checkpoint
+    if not isinstance(loaded, dict):
+        raise CheckpointError(path, f"expected a state dict, found a {type(loaded).__name__}; {_formats_list()}")
+    not_tensors = [key for key, value in loaded.items() if not isinstance(value, Tensor)]
+    if not_tensors:
+        raise CheckpointError(
+            path, f"expected a state dict of tensors, but {not_tensors[0]!r} holds a "
+            f"{type(loaded[not_tensors[0]]).__name__}; {_formats_list()}"
+        )
+    return dict(loaded)
+
+
+def _read_safetensors(path: Path) -> RawCheckpoint:
+    try:
+        tensors = load_safetensors(str(path), device="cpu")
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(path, f"truncated or corrupt safetensors file: {error}") from error
+    petvr_config = json.loads(metadata["petvr_config"]) if "petvr_config" in metadata else None
+    return RawCheckpoint(path, "safetensors", tensors, petvr_config=petvr_config)
+
+
+def _read_hf_folder(folder: Path) -> RawCheckpoint:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(folder, f"folder has no config.json, so it is not a Hugging Face model folder; {_formats_list()}")
+    try:
+        hf_config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(config_path, f"not valid JSON: {error}") from error
+    if hf_config.get("model_type") != "clip":
+        raise CheckpointError(
+            config_path, f"model_type is {hf_config.get('model_type')!r}; only Hugging Face CLIPModel ('clip') is supported"
+        )
+    weights = next((folder / name for name in _HF_WEIGHT_FILES if (folder / name).is_file()), None)
+    if weights is None:
+        raise CheckpointError(folder, f"folder has no weights: expected one of {', '.join(_HF_WEIGHT_FILES)}")
+    if weights.name.endswith(".index.json"):
+        tensors = _read_sharded_safetensors(weights)
+    else:
+        tensors = read_checkpoint(weights).tensors
+    return RawCheckpoint(weights, "Hugging Face folder", tensors, hf_config=hf_config)
+
+
+def _read_sharded_safetensors(index_path: Path) -> dict[str, Tensor]:
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError) as error:
+        raise CheckpointError(index_path, f"not a safetensors index (needs a 'weight_map'): {error}") from error
+    tensors: dict[str, Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        tensors.update(_read_safetensors(index_path.parent / shard).tensors)
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Step 2: key layouts
+# ---------------------------------------------------------------------------------------------------------------------
+
+def detect_layout(tensors: dict[str, Tensor], path: Path) -> str:
+    """``"petvr"``, ``"huggingface"`` or ``"openai"`` (also open_clip's) from the key names."""
+    if "text.token_embedding.weight" in tensors:
+        return "petvr"
+    if "vision_model.embeddings.patch_embedding.weight" in tensors:
+        return "huggingface"
+    if "visual.conv1.weight" in tensors and "token_embedding.weight" in tensors:
+        return "openai"
+    if "visual.layer1.0.conv1.weight" in tensors:
+        raise CheckpointError(path, "this is a ResNet CLIP; petvr's backbone is a ViT")
+    sample = ", ".join(sorted(tensors)[:5]) or "no tensors"
+    raise CheckpointError(path, f"the keys do not look like a CLIP ViT checkpoint (first keys: {sample}); {_formats_list()}")
+
+
+def _strip_prefix(tensors: dict[str, Tensor], prefix: str = "module.") -> dict[str, Tensor]:
+    """Drop the DataParallel / DDP prefix when every key carries it."""
+    if tensors and all(key.startswith(prefix) for key in tensors):
+        return {key[len(prefix):]: value for key, value in tensors.items()}
+    return tensors
+
+
+def _from_openai(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """OpenAI / open_clip keys -> petvr keys: the text tower's top-level keys move under ``text.``."""
+    return {(f"text.{key}" if key.startswith(_OPENAI_TEXT_KEYS) else key): value for key, value in tensors.items()}
+
+
+def _from_huggingface(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Hugging Face ``CLIPModel`` -> petvr: fuse q/k/v into ``in_proj``, transpose the projections, rename the rest.
+    Keys this does not know are passed through unchanged so that the strict check reports them."""
+    converted: dict[str, Tensor] = {}
+    fused: dict[str, dict[str, Tensor]] = {}
+    block_key = re.compile(r"^(vision_model|text_model)\.encoder\.layers\.(\d+)\.(.+)$")
+    for key, value in tensors.items():
+        if key.endswith("embeddings.position_ids"):
+            continue  # an index buffer older transformers versions saved
+        if key in _HF_RENAMES:
+            converted[_HF_RENAMES[key]] = value
+        elif key in _HF_TRANSPOSED:
+            converted[_HF_TRANSPOSED[key]] = value.t().contiguous()
+        elif match := block_key.match(key):
+            tower, index, rest = match.groups()
+            prefix = f"{_HF_TOWERS[tower]}.transformer.resblocks.{index}."
+            projection = re.match(r"^self_attn\.([qkv])_proj\.(weight|bias)$", rest)
+            if projection:
+                fused.setdefault(prefix + f"attn.in_proj_{projection.group(2)}", {})[projection.group(1)] = value
+                continue
+            new_rest = next((rest.replace(old, new, 1) for old, new in _HF_BLOCK_RENAMES.items() if rest.startswith(old)), rest)
+            converted[prefix + new_rest] = value
+        else:
+            converted[key] = value
+    for key, parts in fused.items():
+        if set(parts) != {"q", "k", "v"}:
+            missing = sorted({"q", "k", "v"} - set(parts))
+            raise KeyError(f"{key}: the checkpoint lacks the {'/'.join(missing)} projection(s)")
+        converted[key] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    return converted
+
+
+def to_petvr_state_dict(raw: RawCheckpoint) -> dict[str, Tensor]:
+    """The checkpoint's tensors under petvr's key names."""
+    tensors = _strip_prefix(raw.tensors)
+    layout = detect_layout(tensors, raw.path)
+    if layout == "huggingface":
+        try:
+            return _from_huggingface(tensors)
+        except KeyError as error:
+            raise CheckpointError(raw.path, error.args[0]) from error
+    if layout == "openai":
+        return _from_openai(tensors)
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Step 3: architecture from shapes
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _require(state_dict: dict[str, Tensor], key: str, path: Path, dims: int) -> Tensor:
+    if key not in state_dict:
+        raise CheckpointError(path, f"missing key {key!r}, needed to infer the architecture")
+    tensor = state_dict[key]
+    if tensor.dim() != dims:
+        raise CheckpointError(path, f"{key}: expected a {dims}-d tensor, found shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def _count_blocks(state_dict: dict[str, Tensor], prefix: str, path: Path) -> int:
+    indices = {int(m.group(1)) for key in state_dict if (m := re.match(re.escape(prefix) + r"(\d+)\.", key))}
+    if not indices:
+        raise CheckpointError(path, f"no transformer blocks found under {prefix!r}")
+    missing = sorted(set(range(max(indices) + 1)) - indices)
+    if missing:
+        raise CheckpointError(path, f"missing block(s) {missing} under {prefix!r} (found {len(indices)} of {max(indices) + 1})")
+    return len(indices)
+
+
+def _mlp_ratio(state_dict: dict[str, Tensor], prefix: str, width: int, path: Path) -> float:
+    hidden = _require(state_dict, f"{prefix}0.mlp.c_fc.weight", path, dims=2).shape[0]
+    return hidden / width
+
+
+def infer_config(state_dict: dict[str, Tensor], path: str | Path, facts: ArchitectureFacts | None = None) -> CLIPConfig:
+    """The architecture of a petvr-keyed state dict, from its shapes (OpenAI's ``build_model`` rules).
+
+    Heads default to ``width / 64`` and the activation to QuickGELU unless ``facts`` says otherwise.
+    """
+    path = Path(path)
+    facts = facts or ArchitectureFacts()
+    conv = _require(state_dict, "visual.conv1.weight", path, dims=4)
+    vision_width, _, patch_height, patch_width = conv.shape
+    if patch_height != patch_width:
+        raise CheckpointError(path, f"visual.conv1.weight: expected a square patch kernel, found shape {tuple(conv.shape)}")
+    positions = _require(state_dict, "visual.positional_embedding", path, dims=2).shape[0]
+    grid = math.isqrt(positions - 1)
+    if grid * grid != positions - 1:
+        raise CheckpointError(path, f"visual.positional_embedding: {positions} rows is not 1 + a square grid of patches")
+    token_embedding = _require(state_dict, "text.token_embedding.weight", path, dims=2)
+    vocab_size, text_width = token_embedding.shape
+    vision_prefix, text_prefix = "visual.transformer.resblocks.", "text.transformer.resblocks."
+    vision = VisionConfig(
+        image_size=patch_width * grid,
+        patch_size=patch_width,
+        width=vision_width,
+        layers=_count_blocks(state_dict, vision_prefix, path),
+        heads=facts.vision_heads or max(1, vision_width // DEFAULT_HEAD_WIDTH),
+        mlp_ratio=_mlp_ratio(state_dict, vision_prefix, vision_width, path),
+    )
+    text = TextConfig(
+        context_length=_require(state_dict, "text.positional_embedding", path, dims=2).shape[0],
+        vocab_size=vocab_size,
+        width=text_width,
+        heads=facts.text_heads or max(1, text_width // DEFAULT_HEAD_WIDTH),
+        layers=_count_blocks(state_dict, text_prefix, path),
+        mlp_ratio=_mlp_ratio(state_dict, text_prefix, text_width, path),
+    )
+    embed_dim = _require(state_dict, "text.text_projection", path, dims=2).shape[1]
+    quick_gelu = True if facts.quick_gelu is None else facts.quick_gelu
+    return CLIPConfig(embed_dim=embed_dim, quick_gelu=quick_gelu, vision=vision, text=text)
+
+
+def architecture_facts(raw: RawCheckpoint) -> ArchitectureFacts:
+    """Heads and activation recorded by the checkpoint's own config (Hugging Face ``config.json``, petvr metadata)."""
+    if raw.petvr_config is not None:
+        config = CLIPConfig.from_dict(raw.petvr_config)
+        return ArchitectureFacts(config.vision.heads, config.text.heads, config.quick_gelu, "petvr metadata")
+    if raw.hf_config is None:
+        return ArchitectureFacts()
+    config_path = raw.path.parent / "config.json"
+    towers = {name: raw.hf_config.get(f"{name}_config") or {} for name in ("vision", "text")}
+    activations = {name: tower.get("hidden_act", "quick_gelu") for name, tower in towers.items()}
+    for name, activation in activations.items():
+        if activation not in _HF_ACTIVATIONS:
+            raise CheckpointError(config_path, f"{name}_config.hidden_act is {activation!r}; supported: quick_gelu, gelu")
+        epsilon = towers[name].get("layer_norm_eps", 1e-5)
+        if not math.isclose(epsilon, 1e-5):
+            raise CheckpointError(config_path, f"{name}_config.layer_norm_eps is {epsilon}; petvr's CLIP uses 1e-5")
+    if activations["vision"] != activations["text"]:
+        raise CheckpointError(
+            config_path, f"the towers use different activations (vision {activations['vision']!r}, "
+            f"text {activations['text']!r}); petvr's CLIP uses one for both"
+        )
+    return ArchitectureFacts(
+        vision_heads=towers["vision"].get("num_attention_heads", 12),
+        text_heads=towers["text"].get("num_attention_heads", 8),
+        quick_gelu=_HF_ACTIVATIONS[activations["vision"]],
+        source="config.json",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checking and loading
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _flatten(config: CLIPConfig) -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in config.to_dict().items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{inner}": inner_value for inner, inner_value in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _describe(config: CLIPConfig) -> str:
+    v, t = config.vision, config.text
+    return (
+        f"embed_dim={config.embed_dim}, quick_gelu={config.quick_gelu}, vision(image {v.image_size}, patch "
+        f"{v.patch_size}, width {v.width}, layers {v.layers}, heads {v.heads}, mlp_ratio {v.mlp_ratio:g}), text(context "
+        f"{t.context_length}, vocab {t.vocab_size}, width {t.width}, layers {t.layers}, heads {t.heads}, "
+        f"mlp_ratio {t.mlp_ratio:g})"
+    )
+
+
+def resolve_config(
+    inferred: CLIPConfig, facts: ArchitectureFacts, named: CLIPConfig | None, name: str | None, path: Path
+) -> CLIPConfig:
+    """The config to build: the inferred one, with heads and activation from the named config where the checkpoint
+    does not record them. Raises ``CheckpointError`` showing both configs when they disagree."""
+    if named is None:
+        return inferred
+    resolved = CLIPConfig.from_dict(inferred.to_dict())
+    if facts.vision_heads is None:
+        resolved.vision.heads = named.vision.heads
+    if facts.text_heads is None:
+        resolved.text.heads = named.text.heads
+    if facts.quick_gelu is None:
+        resolved.quick_gelu = named.quick_gelu
+    named_flat, found_flat = _flatten(named), _flatten(resolved)
+    differences = [f"{key}: {name} has {named_flat[key]}, checkpoint has {found_flat[key]}"
+                   for key in named_flat if named_flat[key] != found_flat[key]]
+    if differences:
+        raise CheckpointError(
+            path,
+            f"the checkpoint does not match model config {name!r}:\n  " + "\n  ".join(differences)
+            + f"\n{name}: {_describe(named)}\ncheckpoint ({facts.source}): {_describe(resolved)}",
+        )
+    return resolved
+
+
+def check_state_dict(state_dict: dict[str, Tensor], model: CLIP, path: Path) -> None:
+    """Every model key present, every checkpoint key used, every shape equal; else a ``CheckpointError``."""
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    problems = []
+    if missing:
+        problems.append(f"missing key(s): {', '.join(missing[:8])}" + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+    if unexpected:
+        problems.append(f"unexpected key(s): {', '.join(unexpected[:8])}"
+                        + (f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""))
+    for key, shape in expected.items():
+        if key in state_dict and tuple(state_dict[key].shape) != shape:
+            problems.append(f"{key}: expected shape {shape}, found {tuple(state_dict[key].shape)}")
+    if problems:
+        raise CheckpointError(path, "; ".join(problems))
+
+
+def checkpoint_dir() -> Path:
+    """Where bare checkpoint names are looked up: ``$PETVR_CHECKPOINT_DIR``, default ``~/.cache/petvr/checkpoints``."""
+    return Path(os.environ.get(CHECKPOINT_DIR_ENV) or Path.home() / ".cache" / "petvr" / "checkpoints").expanduser()
+
+
+def embedded_checkpoint_path() -> Path:
+    """The weights of the small default model shipped inside the package (``petvr/assets/petvr-tiny.safetensors``)."""
+    path = Path(__file__).resolve().parent.parent / "assets" / f"{EMBEDDED_MODEL}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the embedded {EMBEDDED_MODEL} weights are not installed with this petvr")
+    return path
+
+
+def find_checkpoint(name: str | None, checkpoint: str | Path | None) -> Path:
+    """Resolve ``checkpoint`` (a path, or a bare file name in ``checkpoint_dir()``) or, when it is None, look for
+    ``{name}.pt``, ``{name}.safetensors`` or a ``{name}/`` folder in ``checkpoint_dir()``."""
+    folder = checkpoint_dir()
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint).expanduser()
+        if len(checkpoint.parts) == 1 and (folder / checkpoint).exists():
+            return folder / checkpoint
+        if checkpoint.exists():
+            return checkpoint
+        tried = [checkpoint] + ([folder / checkpoint] if len(checkpoint.parts) == 1 else [])
+        raise FileNotFoundError(f"checkpoint not found; tried: {', '.join(map(str, tried))}")
+    if name is None:
+        raise ValueError("give a model name, a checkpoint, or both")
+    stem = Path(name).stem if name.endswith(".json") else name
+    candidates = [folder / f"{stem}.pt", folder / f"{stem}.safetensors", folder / stem]
+    found = next((candidate for candidate in candidates if candidate.exists()), None)
+    if found is not None:
+        return found
+    if stem == EMBEDDED_MODEL:
+        return embedded_checkpoint_path()
+    raise FileNotFoundError(
+        f"no checkpoint for {name!r}; tried {', '.join(map(str, candidates))} (set ${CHECKPOINT_DIR_ENV} to another "
+        f"folder, or pass checkpoint=PATH)"
+    )
+
+
+def load_backbone(
+    name: str | None = None,
+    checkpoint: str | Path | None = None,
+    *,
+    quick_gelu: bool | None = None,
+    device: torch.device | str | None = None,
+) -> CLIP:
+    """Load a CLIP backbone in float32: ``load_backbone("ViT-B-32", checkpoint=PATH)``.
+
+    ``name`` is a bundled model config (or a JSON path); the checkpoint must match it. Without a name the
+    architecture is inferred from the checkpoint alone. ``quick_gelu`` sets the activation for checkpoints that do not
+    record it (plain state dicts); it defaults to the named config's, else QuickGELU (OpenAI's CLIP).
+    """
+    named = get_model_config(name) if name is not None else None
+    path = find_checkpoint(name, checkpoint)
+    raw = read_checkpoint(path)
+    facts = architecture_facts(raw)
+    if quick_gelu is not None:
+        if facts.quick_gelu is not None and facts.quick_gelu != quick_gelu:
+            raise CheckpointError(
+                raw.path, f"quick_gelu={quick_gelu} was asked for, but the checkpoint's {facts.source} records "
+                f"quick_gelu={facts.quick_gelu}"
+            )
+        facts.quick_gelu = quick_gelu
+    state_dict = to_petvr_state_dict(raw)
+    config = resolve_config(infer_config(state_dict, raw.path, facts), facts, named, name, raw.path)
+    with torch.device("meta"):
+        model = CLIP(config)
+    check_state_dict(state_dict, model, raw.path)
+    weights = {key: value.to(torch.float32).contiguous() for key, value in state_dict.items()}
+    model.load_state_dict(weights, strict=True, assign=True)
+    return model.to(device) if device is not None else model
+
+
+def save_backbone(model: CLIP, path: str | Path) -> Path:
+    """Write the backbone's weights and config to one ``.safetensors`` file (petvr keys), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    metadata = {"format": "pt", "petvr_config": json.dumps(model.config.to_dict())}
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_safetensors(tensors, temporary, metadata=metadata)
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+def backbone_weight_hash(model: CLIP) -> str:
+    """A short sha256 over the backbone's own parameters (sorted names, shapes and float32 bytes).
+
+    Only the keys of ``CLIP(model.config)`` count, so parameters a method adds do not change the hash; call it before
+    a method wraps a sub-module (which renames the wrapped weights), e.g. right after loading.
+    """
+    with torch.device("meta"):
+        own_keys = sorted(CLIP(model.config).state_dict())
+    state = model.state_dict()
+    missing = [key for key in own_keys if key not in state]
+    if missing:
+        raise ValueError(f"cannot hash the backbone: {len(missing)} of its weights are renamed or missing "
+                         f"(first: {missing[0]}); hash it before a method wraps its sub-modules")
+    digest = hashlib.sha256()
+    for key in own_keys:
+        tensor = state[key].detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{key}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()[:16]
