@@ -146,7 +146,8 @@ class Trainer:
     def _trainable(self) -> list[Tensor]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def train(self) -> dict:
+    def train(self, stop_after_steps: int | None = None) -> dict:
+        """Run to the end of the last epoch (or stop once ``self.step == stop_after_steps``, checkpointing first)."""
         config = self.config
         self.model.train()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
@@ -183,6 +184,10 @@ class Trainer:
                 progress.set_postfix(loss=f"{step_loss:.4f}")
                 if config.checkpoint_every_steps and self.step % config.checkpoint_every_steps == 0:
                     self.save_checkpoint()
+                if self.step == stop_after_steps:
+                    progress.close()
+                    self.save_checkpoint()
+                    return {"history": self.history, "best": self.best, "adapter": None}
             progress.close()
             metrics = self._evaluate_epoch(epoch)
             if not config.checkpoint_every_steps or self.step % config.checkpoint_every_steps:

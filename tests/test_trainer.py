@@ -1,0 +1,106 @@
+"""The training loop on a tiny task: it learns, it stops on NaN naming the videos, it resumes exactly."""
+import json
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from petvr.backbone import create_backbone
+from petvr.checkpoint import load_adapter
+from petvr.evaluation.metrics import retrieval_metrics
+from petvr.methods import RetrievalModel
+from petvr.training.trainer import TrainConfig, Trainer
+
+NUM_CLASSES = 16
+
+
+class PatternVideos(Dataset):
+    """Video k: a fixed random pattern (+ noise) on 2 frames; its caption: SOT, a word id for k, EOT."""
+
+    def __init__(self, samples_per_class=2, nan_video=None, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        self.patterns = torch.randn(NUM_CLASSES, 3, 64, 64, generator=generator)
+        self.items = [k for k in range(NUM_CLASSES) for _ in range(samples_per_class)]
+        self.noise = torch.randn(len(self.items), 2, 3, 64, 64, generator=generator) * 0.3
+        self.nan_video = nan_video
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        k = self.items[index]
+        frames = self.patterns[k].expand(2, -1, -1, -1) + self.noise[index]
+        if k == self.nan_video:
+            frames = frames * float("nan")
+        token_ids = torch.tensor([49406, 1000 + k, 49407, 0])
+        return {"video_id": f"video{k}", "token_ids": token_ids, "token_mask": token_ids != 0,
+                "frames": frames, "frame_mask": torch.ones(2, dtype=torch.bool)}
+
+
+def evaluate_classes(model):
+    data = PatternVideos(samples_per_class=1, seed=0)
+    batch = [data[i] for i in range(len(data))]
+    token_ids = torch.stack([b["token_ids"] for b in batch])
+    frames, mask = torch.stack([b["frames"] for b in batch]), torch.stack([b["frame_mask"] for b in batch])
+    with torch.no_grad():
+        logits = model.similarity(model.encode_text(token_ids, token_ids != 0), model.encode_video(frames, mask), mask)
+    return retrieval_metrics(logits)
+
+
+def make_trainer(tmp_path, dataset=None, epochs=3, **overrides):
+    torch.manual_seed(0)
+    backbone = create_backbone("petvr-tiny")
+    model = RetrievalModel(backbone, "clip4clip", freeze_layer_num=3)
+    config = TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, coef_lr=1.0, warmup=0.1, seed=1, **overrides)
+    return Trainer(model, dataset or PatternVideos(), config, tmp_path / "run", evaluate=evaluate_classes)
+
+
+def test_training_lowers_the_loss_and_raises_recall(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=6)
+    before = evaluate_classes(trainer.model)["t2v"]["R@1"]
+    result = trainer.train()
+    losses = [h["loss"] for h in result["history"] if "loss" in h]
+    assert sum(losses[-4:]) / 4 < 0.6 * sum(losses[:4]) / 4
+    after = result["best"]["metrics"]["t2v"]["R@1"]
+    assert after >= before + 30, (before, after)
+    model, description = load_adapter(tmp_path / "run" / "best", backbone=create_backbone("petvr-tiny"),
+                                      check_backbone=False)
+    assert description["metrics"]["t2v"]["R@1"] == after
+
+
+def test_nan_loss_stops_with_the_batch_video_ids(tmp_path):
+    trainer = make_trainer(tmp_path, dataset=PatternVideos(nan_video=3))
+    with pytest.raises(FloatingPointError, match=r"video3"):
+        trainer.train()
+
+
+def test_resume_continues_the_same_loss_curve(tmp_path):
+    uninterrupted = make_trainer(tmp_path / "a", epochs=2).train()["history"]
+    first = make_trainer(tmp_path / "b", epochs=2)
+    first.train(stop_after_steps=5)  # stops mid-epoch 2 (4 steps per epoch)
+    resumed = make_trainer(tmp_path / "b", epochs=2)
+    assert resumed.resume() and resumed.step == 5
+    continued = resumed.train()["history"]
+    losses = lambda history: [h["loss"] for h in history if "loss" in h]  # noqa: E731
+    assert len(losses(continued)) == len(losses(uninterrupted)) == 8
+    torch.testing.assert_close(torch.tensor(losses(continued)), torch.tensor(losses(uninterrupted)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_write_killed_half_way_leaves_the_previous_one(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, epochs=1)
+    trainer.train(stop_after_steps=2)
+    pointer = tmp_path / "run" / "latest.json"
+    previous = json.loads(pointer.read_text())
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(torch, "save", killed)
+    trainer.step += 1
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint()
+    monkeypatch.undo()
+    assert json.loads(pointer.read_text()) == previous
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*tmp"))
+    restarted = make_trainer(tmp_path, epochs=1)
+    assert restarted.resume() and restarted.step == 2
