@@ -293,14 +293,18 @@ def test_activitynet_ids_without_prefix_and_bad_entries(activitynet):
     write_json(annotations / "val_ids.json", ["uqiMw7tQ1Cc", "v_missing0001", "v_bXdq2zI1Ms0"])
     data = json.loads((annotations / "val_1.json").read_text())
     data["v_bXdq2zI1Ms0"]["timestamps"][2] = [30.0, 20.0]
+    data["v_uqiMw7tQ1Cc"]["timestamps"][1] = [60.0, 70.0]
     write_json(annotations / "val_1.json", data)
-    with pytest.raises(DataError, match=r"val_ids\.json: row 1: video 'v_missing0001' has no entry in val_1\.json"):
-        read_activitynet(annotations, videos, mode="sentence")
+    with pytest.raises(DataError, match=r"val_ids\.json: row \[1\]: video 'v_missing0001' has no entry in val_1\.json"):
+        read_activitynet(annotations, videos, mode="paragraph")  # paragraphs do not read the timestamps
     split = read_activitynet(annotations, videos, mode="sentence", skip_unreadable=True)
     assert [v.video_id for v in split.videos] == ["v_uqiMw7tQ1Cc", "v_bXdq2zI1Ms0"]
+    assert split.videos[0].captions == ["A weight lifting tutorial is given."]
     assert split.videos[1].captions == ["Three men are standing.", "They play."]
-    assert split.skipped.items[1].row == "v_bXdq2zI1Ms0 sentence 2"
-    assert "starts after it ends" in split.skipped.items[1].problem
+    assert [item.row for item in split.skipped.items] == ["v_uqiMw7tQ1Cc sentence 1", "[1]",
+                                                          "v_bXdq2zI1Ms0 sentence 2"]
+    assert "starts at or after the end of the 55.15 s video" in split.skipped.items[0].problem
+    assert "starts after it ends" in split.skipped.items[2].problem
     data["v_uqiMw7tQ1Cc"]["sentences"].append("an extra sentence without a timestamp")
     write_json(annotations / "val_1.json", data)
     with pytest.raises(DataError, match=r"val_1\.json: row v_uqiMw7tQ1Cc: 3 sentences but 2 timestamps"):
@@ -355,11 +359,11 @@ def test_didemo_bad_times_and_video_without_moments(didemo):
     moments[2]["times"] = [[0, 6]]
     write_json(annotations / "test_data.json", moments)
     (annotations / "test_list.txt").write_text(f"{DIDEMO_A}\n{DIDEMO_B}\nnobody_annotated.mp4\n")
-    with pytest.raises(DataError, match=r"test_data\.json: row 2: times entry \[0, 6\]"):
+    with pytest.raises(DataError, match=r"test_data\.json: row \[2\]: times entry \[0, 6\]"):
         read_didemo(annotations, videos, mode="sentence")
     split = read_didemo(annotations, videos, mode="sentence", skip_unreadable=True)
     assert split.videos[0].captions == ["the dog jumps"]
-    assert [(Path(i.path).name, i.row) for i in split.skipped.items] == [("test_data.json", 2), ("test_list.txt", 3)]
+    assert [(Path(i.path).name, i.row) for i in split.skipped.items] == [("test_data.json", "[2]"), ("test_list.txt", 3)]
 
 
 # ---------------------------------------------------------------- VATEX
@@ -403,7 +407,7 @@ def test_vatex_bad_caption_is_skipped_alone(vatex):
     data = json.loads((annotations / "vatex_validation_v1.0.json").read_text())
     data[0]["enCap"][4] = None
     write_json(annotations / "vatex_validation_v1.0.json", data)
-    with pytest.raises(DataError, match=r"vatex_validation_v1\.0\.json: row 0 caption 4: caption is not a string"):
+    with pytest.raises(DataError, match=r"vatex_validation_v1\.0\.json: row \[0\] caption 4: caption is not a string"):
         read_vatex(annotations, videos)
     split = read_vatex(annotations, videos, skip_unreadable=True)
     assert [len(v.captions) for v in split.videos] == [9, 10]

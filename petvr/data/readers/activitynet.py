@@ -45,11 +45,12 @@ def read_activitynet(annotation_dir: str | Path, video_dir: str | Path, split: s
     records = []
     for number, video_id in enumerate(ids):
         with problems.item():
-            video_id = expect_type(video_id, str, ids_path, "video id", number)
+            row = f"[{number}]"
+            video_id = expect_type(video_id, str, ids_path, "video id", row)
             key = next((name for name in id_variants(video_id) if name in annotations), None)
             if key is None:
-                raise DataError(ids_path, f"video {video_id!r} has no entry in {captions_path.name}", number)
-            path = videos.lookup(id_variants(key), ids_path, number)
+                raise DataError(ids_path, f"video {video_id!r} has no entry in {captions_path.name}", row)
+            path = videos.lookup(id_variants(key), ids_path, row)
             records.append(_record(key, path, annotations[key], split, mode, captions_path, problems))
     return RetrievalSplit("activitynet", split, records, problems.report)
 

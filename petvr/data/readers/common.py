@@ -5,10 +5,14 @@ File-level problems (a missing annotation file, malformed JSON, a CSV header wit
 raised: nothing of the file can be read. Item-level problems (a row naming a video with no file, a caption that is not
 a string, a bad time span, a CSV row with the wrong number of fields) are raised too, unless the reader runs with
 ``skip_unreadable=True``; then the item is left out and recorded in the split's ``SkipReport``.
+
+The row of an error is the 1-based line of a text, CSV or JSON-lines file (and the line where a JSON parser stopped),
+the bracketed 0-based index of an item in a JSON list (``[3]``, ``sentences[3]``), or the key of a JSON object entry.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -112,7 +116,10 @@ def time_span(value: Any, path: str | Path, row: int | str, duration: float | No
     if start > end:
         raise DataError(path, f"span starts after it ends: [{start}, {end}]", row=row)
     if duration is not None:
-        start, end = min(start, duration), min(end, duration)
+        if start >= duration:
+            raise DataError(path, f"span [{start}, {end}] starts at or after the end of the {duration} s video",
+                            row=row)
+        end = min(end, duration)
     return start, end
 
 
@@ -141,7 +148,7 @@ class CsvTable:
                  delimiter: str = ","):
         self.path = require_file(path)
         quoting = csv.QUOTE_NONE if columns is not None else csv.QUOTE_MINIMAL
-        reader = csv.reader(read_text(self.path).splitlines(), delimiter=delimiter, quoting=quoting)
+        reader = csv.reader(io.StringIO(read_text(self.path), newline=""), delimiter=delimiter, quoting=quoting)
         self.rows: list[tuple[int, list[str]]] = []
         try:
             for fields in reader:

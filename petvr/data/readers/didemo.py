@@ -64,14 +64,15 @@ def read_didemo(annotation_dir: str | Path, video_dir: str | Path, split: str = 
     captions: dict[str, list[str]] = {}
     spans: dict[str, list[tuple[float, float]]] = {}
     for number, moment in enumerate(moments):
+        row = f"[{number}]"
         with problems.item():
-            video = expect_type(get_key(moment, "video", data_path, number), str, data_path, '"video"', number)
+            video = expect_type(get_key(moment, "video", data_path, row), str, data_path, '"video"', row)
             if video not in wanted:
                 continue
-            caption = caption_text(get_key(moment, "description", data_path, number), data_path, number)
+            caption = caption_text(get_key(moment, "description", data_path, row), data_path, row)
             if mode == "sentence":
-                spans.setdefault(video, []).append(_moment_span(get_key(moment, "times", data_path, number),
-                                                                data_path, number))
+                span = _moment_span(get_key(moment, "times", data_path, row), data_path, row)
+                spans.setdefault(video, []).append(span)
             captions.setdefault(video, []).append(caption)
 
     records = []
@@ -88,7 +89,7 @@ def read_didemo(annotation_dir: str | Path, video_dir: str | Path, split: str = 
     return RetrievalSplit("didemo", split, records, problems.report)
 
 
-def _moment_span(times: Any, path: Path, row: int) -> tuple[float, float]:
+def _moment_span(times: Any, path: Path, row: str) -> tuple[float, float]:
     """Seconds of the consensus of the annotators' ``[first, last]`` segment pairs."""
     expect_type(times, list, path, '"times"', row)
     if not times:

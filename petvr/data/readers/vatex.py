@@ -40,7 +40,7 @@ def read_vatex(annotation_dir: str | Path, video_dir: str | Path, split: str = "
     videos = VideoIndex(video_dir)
     problems = Problems(skip_unreadable)
 
-    raw_captions: dict[str, tuple[Path, int | str, Any]] = {}
+    raw_captions: dict[str, tuple[Path, str, Any]] = {}
     for name in caption_files:
         _collect_captions(annotation_dir / name, raw_captions, problems)
 
@@ -63,7 +63,7 @@ def read_vatex(annotation_dir: str | Path, video_dir: str | Path, split: str = "
     return RetrievalSplit("vatex", split, records, problems.report)
 
 
-def _collect_captions(path: Path, into: dict[str, tuple[Path, int | str, Any]], problems: Problems) -> None:
+def _collect_captions(path: Path, into: dict[str, tuple[Path, str, Any]], problems: Problems) -> None:
     """Map videoID -> (file, row, entry with "enCap") from an official list or a ``{videoID: [...]}`` dictionary.
 
     Entries are checked later, only for the videos of the split; the first file naming a video wins.
@@ -74,6 +74,7 @@ def _collect_captions(path: Path, into: dict[str, tuple[Path, int | str, Any]], 
             into.setdefault(video_id, (path, video_id, {"enCap": captions}))
         return
     for number, entry in enumerate(data):
+        row = f"[{number}]"
         with problems.item():
-            video_id = expect_type(get_key(entry, "videoID", path, number), str, path, '"videoID"', number)
-            into.setdefault(video_id, (path, number, entry))
+            video_id = expect_type(get_key(entry, "videoID", path, row), str, path, '"videoID"', row)
+            into.setdefault(video_id, (path, row, entry))
