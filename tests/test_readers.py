@@ -363,7 +363,8 @@ def test_didemo_bad_times_and_video_without_moments(didemo):
         read_didemo(annotations, videos, mode="sentence")
     split = read_didemo(annotations, videos, mode="sentence", skip_unreadable=True)
     assert split.videos[0].captions == ["the dog jumps"]
-    assert [(Path(i.path).name, i.row) for i in split.skipped.items] == [("test_data.json", "[2]"), ("test_list.txt", 3)]
+    assert [(Path(i.path).name, i.row) for i in split.skipped.items] == [("test_data.json", "[2]"),
+                                                                        ("test_list.txt", 3)]
 
 
 # ---------------------------------------------------------------- VATEX

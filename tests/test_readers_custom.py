@@ -123,3 +123,9 @@ def test_registry_names_every_reader():
     assert all(callable(reader) for reader in READERS.values())
     with pytest.raises(ValueError, match="unknown dataset 'kinetics'; known: activitynet"):
         read_dataset("kinetics")
+
+
+def test_video_folder_follows_symlinks_without_looping(collection):
+    (collection / "cats" / "loop").symlink_to(collection, target_is_directory=True)
+    assert [v.video_id for v in read_video_folder(collection).videos] == [
+        "cats/felix.mov", "cats/tom.mp4", "dogs/rex.mkv"]

@@ -69,7 +69,8 @@ def load_json(path: str | Path) -> Any:
         raise DataError(path, f"malformed JSON: {error.msg} (column {error.colno})", row=error.lineno) from None
 
 
-def expect_type(value: Any, expected: type | tuple[type, ...], path: str | Path, what: str, row: int | str | None = None):
+def expect_type(value: Any, expected: type | tuple[type, ...], path: str | Path, what: str,
+                row: int | str | None = None) -> Any:
     """Return ``value`` if it has the expected JSON type, else raise a ``DataError`` naming what was found."""
     if not isinstance(value, expected):
         names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
@@ -159,12 +160,12 @@ class CsvTable:
         if columns is None:
             if not self.rows:
                 raise DataError(self.path, "empty file: no header row")
-            _, header = self.rows.pop(0)
+            header_line, header = self.rows.pop(0)
             columns = tuple(name.strip() for name in header)
             missing = [name for name in required if name not in columns]
             if missing:
-                raise DataError(self.path, f"missing column(s) {', '.join(missing)}; the header has {', '.join(columns)}",
-                                row=1)
+                raise DataError(self.path, f"missing column(s) {', '.join(missing)}; "
+                                           f"the header has {', '.join(columns)}", row=header_line)
         self.columns = columns
 
     def row(self, line: int, fields: list[str]) -> dict[str, str]:
@@ -218,8 +219,14 @@ class VideoIndex:
             return
         files: list[Path] = []
         rank: dict[str, int] = {}
+        visited: set[str] = set()  # real folders already walked: symlinked folders are followed, cycles are not
         with tqdm(desc=f"indexing videos in {self.root}", unit="file", disable=None, leave=False) as progress:
             for folder, subfolders, names in os.walk(self.root, followlinks=True):
+                real = os.path.realpath(folder)
+                if real in visited:
+                    subfolders.clear()
+                    continue
+                visited.add(real)
                 subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
                 for name in sorted(names):
                     stem, extension = os.path.splitext(name)
