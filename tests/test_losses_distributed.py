@@ -87,6 +87,10 @@ def _batch():
     return torch.randn(GLOBAL_BATCH, 6, generator=generator), torch.randn(GLOBAL_BATCH, 3, 5, generator=generator)
 
 
+def _mask():
+    return torch.arange(GLOBAL_BATCH * 3).view(GLOBAL_BATCH, 3) % 4 != 0
+
+
 def _model():
     torch.manual_seed(0)
     return TwoTowers()
@@ -105,7 +109,8 @@ def _ddp_worker(worker_rank, port, out_dir):
         loss = _global_loss(all_gather_with_grad(text_embeddings), all_gather_with_grad(video_embeddings), scale)
         loss.backward()
         grads = {name: p.grad.clone() for name, p in model.module.named_parameters()}
-        torch.save({"loss": loss.detach(), "grads": grads, "seen": broadcast_object(info.rank, src=1)},
+        mask = all_gather_with_grad(_mask()[local])
+        torch.save({"loss": loss.detach(), "grads": grads, "seen": broadcast_object(info.rank, src=1), "mask": mask},
                    os.path.join(out_dir, f"rank{info.rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -126,6 +131,7 @@ def test_ddp_with_all_gather_equals_single_process_on_the_global_batch(tmp_path)
     for worker_rank in range(WORLD):
         result = torch.load(tmp_path / f"rank{worker_rank}.pt")
         assert result["seen"] == 1  # broadcast_object sent rank 1's value to every rank
+        assert torch.equal(result["mask"], _mask())  # bool masks gather too, in rank order
         assert result["loss"].item() == pytest.approx(loss.item(), abs=1e-6)
         for name, param in model.named_parameters():
             assert param.grad.abs().sum() > 0

@@ -78,7 +78,8 @@ def ranks_from_similarity(
         if truth.shape != (num_queries,):
             raise ValueError(f"expected {num_queries} ground-truth indices, got shape {tuple(truth.shape)}")
         if num_queries and (truth.min() < 0 or truth.max() >= num_candidates):
-            raise ValueError(f"ground-truth indices must lie in [0, {num_candidates}), got {int(truth.min())}..{int(truth.max())}")
+            raise ValueError(f"ground-truth indices must lie in [0, {num_candidates}), "
+                             f"got {int(truth.min())}..{int(truth.max())}")
     ranks = []
     for start in range(0, num_queries, _ROW_CHUNK):
         block = scores[start:start + _ROW_CHUNK]
@@ -106,9 +107,11 @@ def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = DEFAULT_KS) -> d
 def _check_caption_to_video(caption_to_video: Tensor | np.ndarray, num_texts: int, num_videos: int) -> Tensor:
     index = torch.as_tensor(caption_to_video).cpu().long()
     if index.shape != (num_texts,):
-        raise ValueError(f"caption_to_video needs one video index per caption ({num_texts}), got shape {tuple(index.shape)}")
+        raise ValueError(f"caption_to_video needs one video index per caption ({num_texts}), "
+                         f"got shape {tuple(index.shape)}")
     if index.min() < 0 or index.max() >= num_videos:
-        raise ValueError(f"caption_to_video indices must lie in [0, {num_videos}), got {int(index.min())}..{int(index.max())}")
+        raise ValueError(f"caption_to_video indices must lie in [0, {num_videos}), "
+                         f"got {int(index.min())}..{int(index.max())}")
     counts = torch.bincount(index, minlength=num_videos)
     if (counts == 0).any():
         raise ValueError(f"video {int((counts == 0).nonzero()[0])} has no caption: video-to-text is undefined for it")
@@ -146,7 +149,8 @@ def retrieval_metrics(
     num_texts, num_videos = scores.shape
     if caption_to_video is None:
         if num_texts != num_videos:
-            raise ValueError(f"a {num_texts} x {num_videos} similarity needs caption_to_video (it is not one caption per video)")
+            raise ValueError(f"a {num_texts} x {num_videos} similarity needs caption_to_video "
+                             "(it is not one caption per video)")
         index = torch.arange(num_texts)
     else:
         index = _check_caption_to_video(caption_to_video, num_texts, num_videos)

@@ -65,8 +65,8 @@ def blockwise_similarity(
                 logits = score_fn(texts, _slice(video_items, video_start, video_stop))
                 expected = (text_stop - text_start, video_stop - video_start)
                 if tuple(logits.shape) != expected:
-                    raise ValueError(f"score_fn returned shape {tuple(logits.shape)} for a block of {expected[0]} texts "
-                                     f"x {expected[1]} videos; expected {expected}")
+                    raise ValueError(f"score_fn returned shape {tuple(logits.shape)} for a block of "
+                                     f"{expected[0]} texts x {expected[1]} videos; expected {expected}")
                 similarity[text_start:text_stop, video_start:video_stop] = logits.float().cpu()
                 bar.update(1)
     return similarity

@@ -14,7 +14,8 @@ def symmetric_infonce(logits: Tensor) -> Tensor:
     log-softmax. Returns a scalar.
     """
     if logits.dim() != 2 or logits.shape[0] != logits.shape[1]:
-        raise ValueError(f"expected a square (N, N) logit matrix with positives on the diagonal, got {tuple(logits.shape)}")
+        raise ValueError("expected a square (N, N) logit matrix with positives on the diagonal, "
+                         f"got {tuple(logits.shape)}")
     logits = logits.float()
     targets = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
