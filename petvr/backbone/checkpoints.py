@@ -250,72 +250,93 @@ def _strip_prefix(tensors: dict[str, Tensor], prefix: str = "module.") -> dict[s
     return tensors
 
 
-def _from_openai(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+@dataclass
+class PetvrStateDict:
+    """Tensors under petvr's key names; ``stored_names`` maps a renamed key back to its name in the file."""
+
+    tensors: dict[str, Tensor]
+    layout: str
+    stored_names: dict[str, str] = field(default_factory=dict)
+
+    def describe(self, key: str) -> str:
+        stored = self.stored_names.get(key)
+        return f"{key} (stored as {stored})" if stored and stored != key else key
+
+
+def _from_openai(tensors: dict[str, Tensor]) -> PetvrStateDict:
     """OpenAI / open_clip keys -> petvr keys: the text tower's top-level keys move under ``text.``."""
-    return {(f"text.{key}" if key.startswith(_OPENAI_TEXT_KEYS) else key): value for key, value in tensors.items()}
+    converted = PetvrStateDict({}, "OpenAI/open_clip")
+    for key, value in tensors.items():
+        new_key = f"text.{key}" if key.startswith(_OPENAI_TEXT_KEYS) else key
+        converted.tensors[new_key] = value
+        converted.stored_names[new_key] = key
+    return converted
 
 
-def _from_huggingface(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+def _from_huggingface(tensors: dict[str, Tensor], path: Path) -> PetvrStateDict:
     """Hugging Face ``CLIPModel`` -> petvr: fuse q/k/v into ``in_proj``, transpose the projections, rename the rest.
     Keys this does not know are passed through unchanged so that the strict check reports them."""
-    converted: dict[str, Tensor] = {}
+    converted = PetvrStateDict({}, "Hugging Face")
     fused: dict[str, dict[str, Tensor]] = {}
     block_key = re.compile(r"^(vision_model|text_model)\.encoder\.layers\.(\d+)\.(.+)$")
     for key, value in tensors.items():
         if key.endswith("embeddings.position_ids"):
             continue  # an index buffer older transformers versions saved
+        new_key = key
         if key in _HF_RENAMES:
-            converted[_HF_RENAMES[key]] = value
+            new_key = _HF_RENAMES[key]
         elif key in _HF_TRANSPOSED:
-            converted[_HF_TRANSPOSED[key]] = value.t().contiguous()
+            new_key, value = _HF_TRANSPOSED[key], value.t().contiguous()
         elif match := block_key.match(key):
             tower, index, rest = match.groups()
             prefix = f"{_HF_TOWERS[tower]}.transformer.resblocks.{index}."
             projection = re.match(r"^self_attn\.([qkv])_proj\.(weight|bias)$", rest)
             if projection:
-                fused.setdefault(prefix + f"attn.in_proj_{projection.group(2)}", {})[projection.group(1)] = value
+                new_key = prefix + f"attn.in_proj_{projection.group(2)}"
+                fused.setdefault(new_key, {})[projection.group(1)] = value
+                converted.stored_names[new_key] = key.replace(f".{projection.group(1)}_proj.", ".{q,k,v}_proj.")
                 continue
-            new_rest = next((rest.replace(old, new, 1) for old, new in _HF_BLOCK_RENAMES.items() if rest.startswith(old)), rest)
-            converted[prefix + new_rest] = value
-        else:
-            converted[key] = value
+            renamed = (rest.replace(old, new, 1) for old, new in _HF_BLOCK_RENAMES.items() if rest.startswith(old))
+            new_key = prefix + next(renamed, rest)
+        converted.tensors[new_key] = value
+        converted.stored_names[new_key] = key
     for key, parts in fused.items():
         if set(parts) != {"q", "k", "v"}:
-            missing = sorted({"q", "k", "v"} - set(parts))
-            raise KeyError(f"{key}: the checkpoint lacks the {'/'.join(missing)} projection(s)")
-        converted[key] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+            missing = "/".join(sorted({"q", "k", "v"} - set(parts)))
+            raise CheckpointError(path, f"{converted.stored_names[key]}: the {missing} projection(s) are missing")
+        converted.tensors[key] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return converted
 
 
-def to_petvr_state_dict(raw: RawCheckpoint) -> dict[str, Tensor]:
+def to_petvr_state_dict(raw: RawCheckpoint) -> PetvrStateDict:
     """The checkpoint's tensors under petvr's key names."""
     tensors = _strip_prefix(raw.tensors)
     layout = detect_layout(tensors, raw.path)
     if layout == "huggingface":
-        try:
-            return _from_huggingface(tensors)
-        except KeyError as error:
-            raise CheckpointError(raw.path, error.args[0]) from error
+        return _from_huggingface(tensors, raw.path)
     if layout == "openai":
         return _from_openai(tensors)
-    return tensors
+    return PetvrStateDict(tensors, "petvr")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Step 3: architecture from shapes
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _require(state_dict: dict[str, Tensor], key: str, path: Path, dims: int) -> Tensor:
-    if key not in state_dict:
-        raise CheckpointError(path, f"missing key {key!r}, needed to infer the architecture")
-    tensor = state_dict[key]
+def _require(converted: PetvrStateDict, key: str, path: Path, dims: int) -> Tensor:
+    if key not in converted.tensors:
+        raise CheckpointError(
+            path, f"missing key {key!r} (petvr name; the file has the {converted.layout} layout), "
+            "needed to infer the architecture"
+        )
+    tensor = converted.tensors[key]
     if tensor.dim() != dims:
-        raise CheckpointError(path, f"{key}: expected a {dims}-d tensor, found shape {tuple(tensor.shape)}")
+        raise CheckpointError(path, f"{converted.describe(key)}: expected a {dims}-d tensor, found shape {tuple(tensor.shape)}")
     return tensor
 
 
-def _count_blocks(state_dict: dict[str, Tensor], prefix: str, path: Path) -> int:
-    indices = {int(m.group(1)) for key in state_dict if (m := re.match(re.escape(prefix) + r"(\d+)\.", key))}
+def _count_blocks(converted: PetvrStateDict, prefix: str, path: Path) -> int:
+    indices = {int(m.group(1)) for key in converted.tensors if (m := re.match(re.escape(prefix) + r"(\d+)\.", key))}
     if not indices:
         raise CheckpointError(path, f"no transformer blocks found under {prefix!r}")
     missing = sorted(set(range(max(indices) + 1)) - indices)
@@ -324,46 +345,46 @@ def _count_blocks(state_dict: dict[str, Tensor], prefix: str, path: Path) -> int
     return len(indices)
 
 
-def _mlp_ratio(state_dict: dict[str, Tensor], prefix: str, width: int, path: Path) -> float:
-    hidden = _require(state_dict, f"{prefix}0.mlp.c_fc.weight", path, dims=2).shape[0]
+def _mlp_ratio(converted: PetvrStateDict, prefix: str, width: int, path: Path) -> float:
+    hidden = _require(converted, f"{prefix}0.mlp.c_fc.weight", path, dims=2).shape[0]
     return hidden / width
 
 
-def infer_config(state_dict: dict[str, Tensor], path: str | Path, facts: ArchitectureFacts | None = None) -> CLIPConfig:
-    """The architecture of a petvr-keyed state dict, from its shapes (OpenAI's ``build_model`` rules).
+def infer_config(converted: PetvrStateDict, path: str | Path, facts: ArchitectureFacts | None = None) -> CLIPConfig:
+    """The architecture of a converted state dict, from its shapes (OpenAI's ``build_model`` rules).
 
     Heads default to ``width / 64`` and the activation to QuickGELU unless ``facts`` says otherwise.
     """
     path = Path(path)
     facts = facts or ArchitectureFacts()
-    conv = _require(state_dict, "visual.conv1.weight", path, dims=4)
+    conv = _require(converted, "visual.conv1.weight", path, dims=4)
     vision_width, _, patch_height, patch_width = conv.shape
     if patch_height != patch_width:
         raise CheckpointError(path, f"visual.conv1.weight: expected a square patch kernel, found shape {tuple(conv.shape)}")
-    positions = _require(state_dict, "visual.positional_embedding", path, dims=2).shape[0]
+    positions = _require(converted, "visual.positional_embedding", path, dims=2).shape[0]
     grid = math.isqrt(positions - 1)
     if grid * grid != positions - 1:
         raise CheckpointError(path, f"visual.positional_embedding: {positions} rows is not 1 + a square grid of patches")
-    token_embedding = _require(state_dict, "text.token_embedding.weight", path, dims=2)
+    token_embedding = _require(converted, "text.token_embedding.weight", path, dims=2)
     vocab_size, text_width = token_embedding.shape
     vision_prefix, text_prefix = "visual.transformer.resblocks.", "text.transformer.resblocks."
     vision = VisionConfig(
         image_size=patch_width * grid,
         patch_size=patch_width,
         width=vision_width,
-        layers=_count_blocks(state_dict, vision_prefix, path),
+        layers=_count_blocks(converted, vision_prefix, path),
         heads=facts.vision_heads or max(1, vision_width // DEFAULT_HEAD_WIDTH),
-        mlp_ratio=_mlp_ratio(state_dict, vision_prefix, vision_width, path),
+        mlp_ratio=_mlp_ratio(converted, vision_prefix, vision_width, path),
     )
     text = TextConfig(
-        context_length=_require(state_dict, "text.positional_embedding", path, dims=2).shape[0],
+        context_length=_require(converted, "text.positional_embedding", path, dims=2).shape[0],
         vocab_size=vocab_size,
         width=text_width,
         heads=facts.text_heads or max(1, text_width // DEFAULT_HEAD_WIDTH),
-        layers=_count_blocks(state_dict, text_prefix, path),
-        mlp_ratio=_mlp_ratio(state_dict, text_prefix, text_width, path),
+        layers=_count_blocks(converted, text_prefix, path),
+        mlp_ratio=_mlp_ratio(converted, text_prefix, text_width, path),
     )
-    embed_dim = _require(state_dict, "text.text_projection", path, dims=2).shape[1]
+    embed_dim = _require(converted, "text.text_projection", path, dims=2).shape[1]
     quick_gelu = True if facts.quick_gelu is None else facts.quick_gelu
     return CLIPConfig(embed_dim=embed_dim, quick_gelu=quick_gelu, vision=vision, text=text)
 
@@ -429,6 +450,8 @@ def resolve_config(
     if named is None:
         return inferred
     resolved = CLIPConfig.from_dict(inferred.to_dict())
+    borrowed = [what for what, known in [("heads", facts.vision_heads), ("activation", facts.quick_gelu)] if known is None]
+    source = facts.source + (f"; {' and '.join(borrowed)} as in {name}" if borrowed else "")
     if facts.vision_heads is None:
         resolved.vision.heads = named.vision.heads
     if facts.text_heads is None:
@@ -442,25 +465,29 @@ def resolve_config(
         raise CheckpointError(
             path,
             f"the checkpoint does not match model config {name!r}:\n  " + "\n  ".join(differences)
-            + f"\n{name}: {_describe(named)}\ncheckpoint ({facts.source}): {_describe(resolved)}",
+            + f"\n{name}: {_describe(named)}\ncheckpoint ({source}): {_describe(resolved)}",
         )
     return resolved
 
 
-def check_state_dict(state_dict: dict[str, Tensor], model: CLIP, path: Path) -> None:
+def _first(keys: list[str], limit: int = 8) -> str:
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def check_state_dict(converted: PetvrStateDict, model: CLIP, path: Path) -> None:
     """Every model key present, every checkpoint key used, every shape equal; else a ``CheckpointError``."""
+    state_dict = converted.tensors
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
+    unexpected = [converted.describe(key) for key in state_dict if key not in expected]
     problems = []
     if missing:
-        problems.append(f"missing key(s): {', '.join(missing[:8])}" + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+        problems.append(f"missing key(s) (petvr names; the file has the {converted.layout} layout): {_first(missing)}")
     if unexpected:
-        problems.append(f"unexpected key(s): {', '.join(unexpected[:8])}"
-                        + (f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""))
+        problems.append(f"unexpected key(s): {_first(unexpected)}")
     for key, shape in expected.items():
         if key in state_dict and tuple(state_dict[key].shape) != shape:
-            problems.append(f"{key}: expected shape {shape}, found {tuple(state_dict[key].shape)}")
+            problems.append(f"{converted.describe(key)}: expected shape {shape}, found {tuple(state_dict[key].shape)}")
     if problems:
         raise CheckpointError(path, "; ".join(problems))
 
@@ -529,12 +556,12 @@ def load_backbone(
                 f"quick_gelu={facts.quick_gelu}"
             )
         facts.quick_gelu = quick_gelu
-    state_dict = to_petvr_state_dict(raw)
-    config = resolve_config(infer_config(state_dict, raw.path, facts), facts, named, name, raw.path)
+    converted = to_petvr_state_dict(raw)
+    config = resolve_config(infer_config(converted, raw.path, facts), facts, named, name, raw.path)
     with torch.device("meta"):
         model = CLIP(config)
-    check_state_dict(state_dict, model, raw.path)
-    weights = {key: value.to(torch.float32).contiguous() for key, value in state_dict.items()}
+    check_state_dict(converted, model, raw.path)
+    weights = {key: value.to(torch.float32).contiguous() for key, value in converted.tensors.items()}
     model.load_state_dict(weights, strict=True, assign=True)
     return model.to(device) if device is not None else model
 
