@@ -87,8 +87,6 @@ def atomic_write_folder(folder: str | Path, write: Callable[[Path], None]) -> Pa
 
 def adapter_description(model, recipe: dict | None = None, metrics: dict | None = None) -> dict:
     """The ``adapter.json`` content for ``model``: method, config, backbone identity, counts, recipe, metrics."""
-    from .backbone.checkpoints import backbone_weight_hash
-
     return {
         "format": FORMAT_NAME,
         "petvr_version": __version__,
@@ -97,7 +95,7 @@ def adapter_description(model, recipe: dict | None = None, metrics: dict | None 
         "backbone": {
             "name": model.backbone.name,
             "config": model.backbone.config.to_dict(),
-            "weight_hash": backbone_weight_hash(model.backbone),
+            "weight_hash": model.backbone_hash,
         },
         "parameters": model.parameter_report(),
         "recipe": recipe or {},

@@ -559,7 +559,7 @@ def load_backbone(
     converted = to_petvr_state_dict(raw)
     config = resolve_config(infer_config(converted, raw.path, facts), facts, named, name, raw.path)
     with torch.device("meta"):
-        model = CLIP(config)
+        model = CLIP(config, name=name if name is not None else path.stem)
     check_state_dict(converted, model, raw.path)
     weights = {key: value.to(torch.float32).contiguous() for key, value in converted.tensors.items()}
     model.load_state_dict(weights, strict=True, assign=True)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbone import CLIP
+from ..backbone.checkpoints import backbone_weight_hash
 from .base import create_method
 
 
@@ -19,6 +20,9 @@ class RetrievalModel(nn.Module):
     def __init__(self, backbone: CLIP, method: str, **method_config: Any):
         super().__init__()
         self.backbone = backbone
+        # Hashed before the method renames anything it wraps; meta backbones (parameter counts) have no weights.
+        on_meta = next(backbone.parameters()).is_meta
+        self.backbone_hash = None if on_meta else backbone_weight_hash(backbone)
         backbone_names = {id(p): name for name, p in backbone.named_parameters()}
         self.backbone_parameter_count = sum(p.numel() for p in backbone.parameters())
         backbone.requires_grad_(False)

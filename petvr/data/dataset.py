@@ -1,0 +1,72 @@
+"""Torch datasets joining annotation records, frames (from the frame cache or decoded on the fly) and tokens.
+
+``CaptionVideoDataset`` feeds training: items ``{"video_id", "token_ids", "token_mask", "frames", "frame_mask"}``.
+``VideoDataset`` feeds evaluation and indexing: each video once, ``{"video_id", "frames", "frame_mask"}``.
+Random choices (which caption, training frame offsets) come from ``(seed, epoch, index)``, so a run and its resume
+see the same samples, whatever the number of DataLoader workers.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from ..backbone.tokenizer import Tokenizer
+from .cache import FrameCache
+from .records import CaptionPair, TrainingSamples, VideoRecord
+from .video import SamplingConfig, VideoSample, load_video
+
+
+class FrameSource:
+    """Where frames come from: the frame cache when ``cache_dir`` is set, else decoding every time."""
+
+    def __init__(self, sampling: SamplingConfig, cache_dir: str | Path | None = None):
+        self.sampling = sampling
+        self.cache = FrameCache(cache_dir) if cache_dir else None
+
+    def load(self, path: Path, start: float | None, end: float | None, rng: np.random.Generator | None) -> VideoSample:
+        if self.cache is not None:
+            return self.cache.get(path, self.sampling, start, end, rng)
+        return load_video(path, self.sampling, start, end, rng)
+
+
+class CaptionVideoDataset(Dataset):
+    """Training samples (``TrainingSamples`` of ``CaptionPair``) -> tokens and frames."""
+
+    def __init__(self, samples: TrainingSamples | Sequence[CaptionPair], frames: FrameSource, tokenizer: Tokenizer,
+                 seed: int = 0):
+        self.samples, self.frames, self.tokenizer, self.seed = samples, frames, tokenizer, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.samples, "set_epoch"):
+            self.samples.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        pair = self.samples[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        video = self.frames.load(pair.path, pair.start, pair.end, rng)
+        token_ids, token_mask = self.tokenizer(pair.caption)
+        return {"video_id": pair.video_id, "token_ids": token_ids[0], "token_mask": token_mask[0],
+                "frames": video.frames, "frame_mask": video.frame_mask}
+
+
+class VideoDataset(Dataset):
+    """Each video once (evaluation, indexing)."""
+
+    def __init__(self, videos: Sequence[VideoRecord], frames: FrameSource):
+        self.videos, self.frames = videos, frames
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.videos[index]
+        video = self.frames.load(record.path, record.start, record.end, None)
+        return {"video_id": record.video_id, "frames": video.frames, "frame_mask": video.frame_mask}
