@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from petvr.data import video as video_module
 from petvr.data.errors import DataError
 from petvr.data.video import (
     CLIP_MEAN,
@@ -190,6 +191,27 @@ def test_decode_subclip_of_a_long_video_with_seeking(videos):
     assert clip.frame_indices.min() >= 123 and clip.frame_indices.max() <= 205
     reversed_clip = decode_frames(videos["long"], SamplingConfig(image_size=48, frame_order="reverse"), 25, 28)
     assert frame_numbers(reversed_clip.frames).tolist() == [280, 270, 260, 250]
+
+
+def test_seeking_decodes_only_from_the_keyframe_before_the_clip(videos, monkeypatch):
+    decoded_times: list[float] = []
+    original = video_module._frame_time
+
+    def counting(frame, stream, start_pts):
+        decoded_times.append(original(frame, stream, start_pts))
+        return decoded_times[-1]
+
+    with av.open(str(videos["long"])) as container:  # keyframes at most 10 frames apart (x264 adds scene cuts)
+        keyframes = [round(frame.time * 10) for frame in container.decode(video=0) if frame.key_frame]
+    last_keyframe = max(number for number in keyframes if number <= 250)
+
+    monkeypatch.setattr(video_module, "_frame_time", counting)
+    clip = decode_frames(videos["long"], SMALL, start=25, end=28)
+    assert frame_numbers(clip.frames).tolist() == [250, 260, 270, 280]
+    # Decoding starts at the keyframe before frame 250 and stops at frame 280 (seeking on past later keyframes).
+    decoded_numbers = sorted(round(time * 10) for time in decoded_times)
+    assert decoded_numbers[0] == last_keyframe and decoded_numbers[-1] == 280
+    assert len(decoded_numbers) <= 281 - last_keyframe
 
 
 def test_grid_then_selection_equals_direct_decoding(videos):

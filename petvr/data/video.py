@@ -293,8 +293,7 @@ def _video_stream(container: av.container.InputContainer, path: str | Path) -> a
         raise DataError(path, f"no video stream (streams found: {kinds})")
     stream = container.streams.video[0]
     if stream.codec_context is None:
-        raise DataError(path, f"unsupported codec: this FFmpeg build has no decoder for the video stream "
-                              f"(codec tag {stream.metadata.get('codec_tag', 'unknown')!s})")
+        raise DataError(path, "unsupported codec: this FFmpeg build has no decoder for the video stream")
     return stream
 
 
@@ -348,17 +347,18 @@ def _frame_time(frame: av.VideoFrame, stream: av.video.stream.VideoStream, start
 
 
 def _keyframes(stream: av.video.stream.VideoStream, start_pts: int) -> tuple[list[float], list[int]]:
-    """Keyframes from the container's index: ``(times in seconds, index timestamps to seek to)``, sorted.
+    """Keyframes from the container's index: ``(times in seconds, presentation timestamps to seek to)``, sorted.
 
     Index timestamps are decode times; with B-frames they run ahead of presentation times by a constant delay (the
-    first entry's offset from the stream start), which is added back. Empty where the format keeps no index up front.
+    first entry's offset from the stream start), which is added back: seeking works in presentation time, and a seek
+    to the raw index timestamp lands one keyframe early. Empty where the format keeps no index up front.
     """
     entries = stream.index_entries
     if len(entries) == 0:
         return [], []
     delay = start_pts - entries[0].timestamp
-    keyframes = sorted(entry.timestamp for entry in entries if entry.is_keyframe)
-    return [float((timestamp + delay - start_pts) * stream.time_base) for timestamp in keyframes], keyframes
+    keyframes = sorted(entry.timestamp + delay for entry in entries if entry.is_keyframe)
+    return [float((timestamp - start_pts) * stream.time_base) for timestamp in keyframes], keyframes
 
 
 def _decode_times(container: av.container.InputContainer, stream: av.video.stream.VideoStream, info: VideoInfo,
