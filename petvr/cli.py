@@ -1,0 +1,154 @@
+"""The ``petvr`` command: pretrain, train, eval, demo, cache, data preview, methods."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from .training.pretrain import ASSETS, PretrainConfig, pretrain
+
+    config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
+                            threads=args.threads)
+    record = pretrain(config, args.output or ASSETS, command=" ".join(["petvr", *sys.argv[1:]]))
+    print(json.dumps(record["metrics"], indent=2))
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .training.recipe import load_recipe, run_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    result = run_recipe(recipe, args.output_dir, resume=not args.no_resume)
+    print(f"adapter written to {result['adapter']}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from .checkpoint import load_adapter
+    from .evaluation.metrics import format_metrics_table
+    from .training.recipe import apply_override, load_recipe, make_evaluator
+
+    model, description = load_adapter(args.checkpoint)
+    recipe = load_recipe(args.recipe, args.set) if args.recipe else description.get("recipe") or {}
+    if not args.recipe:
+        for assignment in args.set:
+            apply_override(recipe, assignment)
+    if "data" not in recipe:
+        raise SystemExit(f"{args.checkpoint}: the adapter records no recipe; pass --recipe RECIPE to say what to evaluate on")
+    metrics = make_evaluator(recipe, model, "cpu")(model)
+    print(format_metrics_table(metrics))
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(Path(args.workdir), epochs=args.epochs)
+
+
+def _cmd_cache(args: argparse.Namespace) -> None:
+    from .backbone.config import get_model_config
+    from .data.cache import build_cache
+    from .training.recipe import load_recipe, read_split, sampling_config
+
+    recipe = load_recipe(args.recipe, args.set)
+    cache_dir = recipe["data"].get("cache_dir")
+    if not cache_dir:
+        raise SystemExit(f"{args.recipe}: [data] has no cache_dir to fill")
+
+    class _Backbone:  # only the image size is needed to decide the frames' resolution
+        config = get_model_config(recipe["backbone"]["name"])
+
+    sampling = sampling_config(recipe, _Backbone, train=False)
+    records = [video for which in ("train", "test") if which in recipe["data"] for video in read_split(recipe, which).videos]
+    report = build_cache(records, sampling, cache_dir, num_workers=args.workers)
+    print(report.summary())
+
+
+def _cmd_preview(args: argparse.Namespace) -> None:
+    from .data.preview import write_contact_sheet
+    from .data.video import SamplingConfig
+
+    config = SamplingConfig(max_frames=args.max_frames, feature_framerate=args.fps, subsample=args.subsample,
+                            sampler=args.sampler, image_size=args.image_size)
+    out = args.out or Path(args.video).with_suffix(".preview.png").name
+    print(write_contact_sheet(args.video, config, out, start=args.start, end=args.end))
+
+
+def _cmd_methods(args: argparse.Namespace) -> None:
+    from dataclasses import fields
+
+    from .methods import list_methods, method_config_class
+
+    for name in list_methods():
+        options = ", ".join(f"{f.name}={f.default!r}" for f in fields(method_config_class(name)))
+        print(f"{name}: {options}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="petvr", description="Parameter-efficient text-video retrieval on CLIP.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    pretrain = commands.add_parser("pretrain", help="pretrain the small embedded CLIP on synthetic image-captions")
+    pretrain.add_argument("--steps", type=int, default=3000)
+    pretrain.add_argument("--batch-size", type=int, default=128)
+    pretrain.add_argument("--lr", type=float, default=5e-4)
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--threads", type=int, default=2)
+    pretrain.add_argument("--output", help="folder for the weights (default: the package's assets)")
+    pretrain.set_defaults(run=_cmd_pretrain)
+
+    train = commands.add_parser("train", help="train a recipe (TOML)")
+    train.add_argument("recipe")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-5")
+    train.add_argument("--output-dir")
+    train.add_argument("--no-resume", action="store_true", help="start over even if the output dir has a checkpoint")
+    train.set_defaults(run=_cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate an adapter folder")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--recipe", help="evaluate on this recipe's test split (default: the adapter's own)")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    evaluate.set_defaults(run=_cmd_eval)
+
+    demo = commands.add_parser("demo", help="zero-shot vs trained on the synthetic world, end to end")
+    demo.add_argument("--workdir", default="demo-run")
+    demo.add_argument("--epochs", type=int, default=3)
+    demo.set_defaults(run=_cmd_demo)
+
+    cache = commands.add_parser("cache", help="decode a recipe's videos into its frame cache")
+    cache.add_argument("recipe")
+    cache.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    cache.add_argument("--workers", type=int, default=2)
+    cache.set_defaults(run=_cmd_cache)
+
+    data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    preview = data.add_parser("preview", help="PNG contact sheet of the frames the model sees")
+    preview.add_argument("video")
+    preview.add_argument("--out")
+    preview.add_argument("--max-frames", type=int, default=12)
+    preview.add_argument("--fps", type=float, default=1.0)
+    preview.add_argument("--subsample", default="uniform", choices=("uniform", "head", "tail"))
+    preview.add_argument("--sampler", default="per_second", choices=("per_second", "segment"))
+    preview.add_argument("--image-size", type=int, default=224)
+    preview.add_argument("--start", type=float)
+    preview.add_argument("--end", type=float)
+    preview.set_defaults(run=_cmd_preview)
+
+    methods = commands.add_parser("methods", help="list the methods and their options")
+    methods.set_defaults(run=_cmd_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

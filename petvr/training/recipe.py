@@ -1,0 +1,152 @@
+"""Recipes: a TOML file holding a whole experiment (backbone, data, method, training), read with ``tomllib``.
+
+``load_recipe(path, overrides=["train.lr=1e-5", "method.sim_header=\\"seqTransf\\""])`` returns a plain dict;
+``run_recipe`` trains and evaluates it. Relative data paths resolve against ``data.root`` (default
+``$PETVR_DATA_DIR``, else ``data``), so one recipe serves every machine.
+
+    [backbone]  name, checkpoint (optional)
+    [method]    name plus the method's config fields
+    [data]      dataset, root, expand_sentences, max_words, cache_dir, num_workers, batch_size_val
+    [data.sampling]   SamplingConfig fields (image_size defaults to the backbone's)
+    [data.train] / [data.test]   keyword arguments of the dataset's reader (see ``petvr.data.readers``)
+    [train]     TrainConfig fields plus output_dir
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..backbone.checkpoints import load_backbone
+from ..backbone.tokenizer import Tokenizer
+from ..data.dataset import CaptionVideoDataset, FrameSource
+from ..data.readers import read_dataset
+from ..data.video import SamplingConfig
+from ..evaluation.evaluate import evaluate_split
+from ..evaluation.metrics import format_metrics_table
+from ..methods import RetrievalModel
+from .distributed import init_distributed_from_env, is_main_process
+from .trainer import TrainConfig, Trainer
+
+DATA_DIR_ENV = "PETVR_DATA_DIR"
+PATH_KEYS = ("annotation_dir", "video_dir", "annotations", "caption_files", "split_file")
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value (``1e-5``, ``true``, ``"seqTransf"``, ``[1, 2]``); bare words are taken as strings."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(recipe: dict, assignment: str) -> None:
+    """``"train.lr=1e-5"`` -> ``recipe["train"]["lr"] = 1e-5`` (creating tables as needed)."""
+    if "=" not in assignment:
+        raise ValueError(f"override {assignment!r} is not of the form section.key=value")
+    dotted, text = assignment.split("=", 1)
+    *tables, key = dotted.strip().split(".")
+    node = recipe
+    for table in tables:
+        node = node.setdefault(table, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {assignment!r}: {table!r} is not a table")
+    node[key] = _parse_value(text.strip())
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
+    path = Path(path)
+    try:
+        recipe = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: recipe not found") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: not valid TOML ({error})") from error
+    for assignment in overrides:
+        apply_override(recipe, assignment)
+    for section in ("backbone", "method", "data", "train"):
+        if section not in recipe:
+            raise ValueError(f"{path}: the recipe has no [{section}] table")
+    recipe.setdefault("name", path.stem)
+    return recipe
+
+
+def _dataclass_from(table: dict, cls: type, where: str, ignore: tuple[str, ...] = ()):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(table) - known - set(ignore))
+    if unknown:
+        raise ValueError(f"[{where}] has unknown key(s) {unknown}; known: {sorted(known | set(ignore))}")
+    return cls(**{k: v for k, v in table.items() if k in known})
+
+
+def _reader_arguments(table: dict, root: Path) -> dict:
+    arguments = dict(table)
+    for key in PATH_KEYS:
+        if isinstance(arguments.get(key), str):
+            arguments[key] = root / arguments[key]
+    return arguments
+
+
+def data_root(recipe: dict) -> Path:
+    return Path(recipe["data"].get("root") or os.environ.get(DATA_DIR_ENV) or "data").expanduser()
+
+
+def sampling_config(recipe: dict, backbone, train: bool) -> SamplingConfig:
+    table = dict(recipe["data"].get("sampling", {}))
+    table.setdefault("image_size", backbone.config.vision.image_size)
+    sampling = SamplingConfig.from_dict(table)
+    return replace(sampling, train=train)
+
+
+def build_model(recipe: dict, device: torch.device | str = "cpu") -> RetrievalModel:
+    backbone_table = recipe["backbone"]
+    backbone = load_backbone(backbone_table["name"], backbone_table.get("checkpoint") or None)
+    method = dict(recipe["method"])
+    return RetrievalModel(backbone, method.pop("name"), **method).to(device)
+
+
+def read_split(recipe: dict, which: str):
+    data = recipe["data"]
+    return read_dataset(data["dataset"], **_reader_arguments(data[which], data_root(recipe)))
+
+
+def make_evaluator(recipe: dict, model: RetrievalModel, device, progress: bool = True):
+    """A function ``model -> metrics`` on the recipe's test split (read once)."""
+    data = recipe["data"]
+    split = read_split(recipe, "test")
+    frames = FrameSource(sampling_config(recipe, model.backbone, train=False), data.get("cache_dir") or None)
+    tokenizer = Tokenizer(data.get("max_words", 32))
+    return lambda m: evaluate_split(m, split, frames, tokenizer, batch_size=data.get("batch_size_val", 16),
+                                    num_workers=data.get("num_workers", 0), device=device, progress=progress)
+
+
+def run_recipe(recipe: dict, output_dir: str | Path | None = None, resume: bool = True) -> dict:
+    """Train and evaluate a recipe; returns the trainer's result with the final metrics."""
+    recipe = copy.deepcopy(recipe)
+    info = init_distributed_from_env()
+    train_table = dict(recipe["train"])
+    output_dir = Path(output_dir or train_table.pop("output_dir", None) or Path("runs") / recipe["name"])
+    train_table.pop("output_dir", None)
+    config = _dataclass_from(train_table, TrainConfig, "train")
+    torch.manual_seed(config.seed)
+    model = build_model(recipe, info.device)
+    data = recipe["data"]
+    train_split = read_split(recipe, "train")
+    samples = train_split.training_samples(data.get("expand_sentences", True), seed=config.seed)
+    frames = FrameSource(sampling_config(recipe, model.backbone, train=True), data.get("cache_dir") or None)
+    dataset = CaptionVideoDataset(samples, frames, Tokenizer(data.get("max_words", 32)), seed=config.seed)
+    evaluate = make_evaluator(recipe, model, info.device)
+    trainer = Trainer(model, dataset, config, output_dir, evaluate=evaluate, recipe=recipe, device=info.device)
+    if is_main_process():
+        print(model.format_parameter_report())
+    if resume and trainer.resume():
+        print(f"resumed from step {trainer.step} in {output_dir}")
+    result = trainer.train()
+    if is_main_process() and trainer.best:
+        print(f"best epoch {trainer.best['epoch']}:\n{format_metrics_table(trainer.best['metrics'])}")
+    return result
