@@ -144,7 +144,8 @@ def _resolve_adapter_folder(folder: Path) -> Path:
 def load_adapter(folder: str | Path, backbone=None, check_backbone: bool = True):
     """Rebuild a ``RetrievalModel`` from an adapter folder.
 
-    Without ``backbone`` the backbone named in ``adapter.json`` is loaded. The backbone's weight hash must match the
+    Without ``backbone`` the backbone named in ``adapter.json`` is loaded (from the checkpoint its recipe names, if
+    any, else looked up by name). The backbone's weight hash must match the
     one the adapter was trained on, unless ``check_backbone=False``.
     """
     from .backbone.checkpoints import backbone_weight_hash, load_backbone
@@ -154,7 +155,8 @@ def load_adapter(folder: str | Path, backbone=None, check_backbone: bool = True)
     description = read_adapter_description(folder)
     expected = description["backbone"]
     if backbone is None:
-        backbone = load_backbone(expected["name"])
+        recorded = description.get("recipe", {}).get("backbone", {}).get("checkpoint") or None
+        backbone = load_backbone(expected["name"], recorded)
     if check_backbone:
         found = backbone_weight_hash(backbone)
         if found != expected.get("weight_hash"):

@@ -1,0 +1,86 @@
+"""Recipes and the `petvr` command end to end on a tiny synthetic world: train, checkpoint, eval, adapter files."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from petvr.backbone import create_backbone
+from petvr.backbone.checkpoints import load_backbone, save_backbone
+from petvr.checkpoint import load_adapter
+from petvr.cli import main
+from petvr.data.synthetic import generate_world
+from petvr.training.recipe import apply_override, load_recipe
+
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "synthetic" / "clip4clip_meanP.toml"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    generate_world(root / "world", size="tiny", collections=("studio",))
+    torch.manual_seed(0)
+    save_backbone(create_backbone("petvr-tiny"), root / "tiny.safetensors")
+    return root
+
+
+def overrides(world, run_dir):
+    return [f"backbone.checkpoint=\"{world / 'tiny.safetensors'}\"", f"data.root=\"{world / 'world' / 'studio'}\"",
+            f"data.cache_dir=\"{world / 'cache'}\"", "train.epochs=1", "train.batch_size=6",
+            f"train.output_dir=\"{run_dir}\""]
+
+
+def test_overrides_parse_toml_values_and_create_tables():
+    recipe = {"train": {"lr": 1.0}}
+    apply_override(recipe, "train.lr=1e-5")
+    apply_override(recipe, "method.sim_header=seqTransf")
+    apply_override(recipe, "data.sampling.max_frames=4")
+    assert recipe == {"train": {"lr": 1e-5}, "method": {"sim_header": "seqTransf"}, "data": {"sampling": {"max_frames": 4}}}
+    with pytest.raises(ValueError, match="section.key=value"):
+        apply_override(recipe, "train.lr")
+
+
+def test_bad_recipes_name_the_file(tmp_path):
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[train\nlr = 1")
+    with pytest.raises(ValueError, match="broken.toml: not valid TOML"):
+        load_recipe(broken)
+    partial = tmp_path / "partial.toml"
+    partial.write_text("[train]\nlr = 1\n")
+    with pytest.raises(ValueError, match="partial.toml: the recipe has no \\[backbone\\]"):
+        load_recipe(partial)
+
+
+def test_train_then_eval_from_the_command_line(world, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = ["train", str(RECIPE)]
+    for assignment in overrides(world, run_dir):
+        args += ["--set", assignment]
+    main(args)
+    adapter = run_dir / "adapter"
+    description = json.loads((adapter / "adapter.json").read_text())
+    assert description["method"] == "clip4clip" and description["method_config"]["freeze_layer_num"] == 6
+    assert description["recipe"]["data"]["dataset"] == "msrvtt"
+    assert set(description["metrics"]["t2v"]) >= {"R@1", "R@5", "R@10", "MdR", "MnR"}
+    assert (run_dir / "latest.json").exists() and (run_dir / "best" / "adapter.safetensors").exists()
+    capsys.readouterr()
+
+    main(["eval", str(adapter), "--json", str(tmp_path / "metrics.json")])
+    printed = capsys.readouterr().out
+    assert "t2v" in printed and "v2t" in printed
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["t2v"]["queries"] == 6  # the tiny world's test split: 6 videos, one query each
+
+    other = create_backbone("petvr-tiny")  # a different backbone: the adapter must refuse it
+    with pytest.raises(ValueError, match="weight hash"):
+        load_adapter(adapter, backbone=other)
+    model, _ = load_adapter(adapter, backbone=load_backbone("petvr-tiny", world / "tiny.safetensors"))
+    assert model.parameter_report()["trainable"] == description["parameters"]["trainable"]
+
+
+def test_unknown_train_key_is_reported(world, tmp_path):
+    args = ["train", str(RECIPE), "--set", "train.learning_rate=1"]
+    for assignment in overrides(world, tmp_path / "run"):
+        args += ["--set", assignment]
+    with pytest.raises(ValueError, match="learning_rate"):
+        main(args)
