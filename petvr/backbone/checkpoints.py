@@ -80,7 +80,8 @@ class CheckpointError(DataError):
 
 @dataclass
 class RawCheckpoint:
-    """A checkpoint's tensors as stored, before renaming; ``hf_config`` / ``petvr_config`` when the file has one."""
+    """A checkpoint's tensors as stored, before renaming; ``container`` says which reader read them, and
+    ``hf_config`` / ``petvr_config`` hold the checkpoint's own config when it has one."""
 
     path: Path
     container: str
@@ -97,7 +98,6 @@ class ArchitectureFacts:
     text_heads: int | None = None
     quick_gelu: bool | None = None
     source: str = "tensor shapes"
-    notes: list[str] = field(default_factory=list)
 
 
 def _formats_list() -> str:
@@ -188,7 +188,10 @@ def _read_safetensors(path: Path) -> RawCheckpoint:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(path, f"truncated or corrupt safetensors file: {error}") from error
-    petvr_config = json.loads(metadata["petvr_config"]) if "petvr_config" in metadata else None
+    try:
+        petvr_config = json.loads(metadata["petvr_config"]) if "petvr_config" in metadata else None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(path, f"the 'petvr_config' metadata is not valid JSON: {error}") from error
     return RawCheckpoint(path, "safetensors", tensors, petvr_config=petvr_config)
 
 
