@@ -51,7 +51,8 @@ def make_trainer(tmp_path, dataset=None, epochs=3, **overrides):
     torch.manual_seed(0)
     backbone = create_backbone("petvr-tiny")
     model = RetrievalModel(backbone, "clip4clip", freeze_layer_num=3)
-    config = TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, coef_lr=1.0, warmup=0.1, seed=1, **overrides)
+    settings = {"batch_size": 8, "lr": 1e-3, "coef_lr": 1.0, "warmup": 0.1, "seed": 1, **overrides}
+    config = TrainConfig(epochs=epochs, **settings)
     return Trainer(model, dataset or PatternVideos(), config, tmp_path / "run", evaluate=evaluate_classes)
 
 
@@ -104,3 +105,25 @@ def test_a_checkpoint_write_killed_half_way_leaves_the_previous_one(tmp_path, mo
     assert not list((tmp_path / "run" / "checkpoints").glob(".*tmp"))
     restarted = make_trainer(tmp_path, epochs=1)
     assert restarted.resume() and restarted.step == 2
+
+
+def test_fp16_weights_mode_reproduces_clip4clip_storage_and_rounding(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=1, precision="fp16-weights", lr=1e-7)
+    backbone = trainer.model.backbone
+    block = backbone.visual.transformer.resblocks[-1]
+    assert block.attn.in_proj_weight.dtype == torch.float16 and block.mlp.c_fc.weight.dtype == torch.float16
+    assert backbone.visual.proj.dtype == torch.float16 and backbone.text.text_projection.dtype == torch.float16
+    assert block.ln_1.weight.dtype == torch.float32 and backbone.logit_scale.dtype == torch.float32
+    assert backbone.text.token_embedding.weight.dtype == torch.float32
+    before = block.mlp.c_fc.weight.detach().clone()
+    result = trainer.train(stop_after_steps=2)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result["history"])
+    # At lr 1e-7 an update is below half an fp16 ulp for all but the smallest weights: most do not move, while
+    # the same two steps in fp32 move every weight.
+    moved_fp16 = (block.mlp.c_fc.weight != before).float().mean().item()
+    reference = make_trainer(tmp_path / "fp32", epochs=1, lr=1e-7)
+    block32 = reference.model.backbone.visual.transformer.resblocks[-1]
+    before32 = block32.mlp.c_fc.weight.detach().clone()
+    reference.train(stop_after_steps=2)
+    moved_fp32 = (block32.mlp.c_fc.weight != before32).float().mean().item()
+    assert moved_fp16 < 0.2 and moved_fp32 > 0.9, (moved_fp16, moved_fp32)

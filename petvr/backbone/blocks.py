@@ -41,6 +41,13 @@ class TowerContext:
     state: dict[str, Any] = field(default_factory=dict)
 
 
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 and cast back, so fp16 weights elsewhere (CLIP4Clip's training mode) work."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
 class PatchEmbedding(nn.Conv2d):
     """The ViT patch projection (kernel = stride = patch, no bias), called as ``(images, context)`` so that a method
     may replace it with a video-aware version (CLIP4Clip's 3D linear patch); its weight keeps OpenAI's name ``conv1``."""
@@ -50,7 +57,7 @@ class PatchEmbedding(nn.Conv2d):
 
     def forward(self, images: Tensor, context: TowerContext | None = None) -> Tensor:
         """(N, 3, H, W) -> (N, W, H/P, W/P)."""
-        return super().forward(images)
+        return super().forward(images.to(self.weight.dtype))
 
 
 class QuickGELU(nn.Module):
@@ -106,9 +113,9 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, quick_gelu: bool):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(width)
+        self.ln_1 = LayerNorm(width)
         self.attn = Attention(width, heads)
-        self.ln_2 = nn.LayerNorm(width)
+        self.ln_2 = LayerNorm(width)
         self.mlp = Mlp(width, int(width * mlp_ratio), quick_gelu)
 
     def forward(self, x: Tensor, context: TowerContext) -> Tensor:
@@ -174,3 +181,23 @@ class Transformer(nn.Module):
 def default_logit_scale() -> float:
     """CLIP's initial temperature, ln(1 / 0.07)."""
     return math.log(1 / 0.07)
+
+
+def cast_matrix_weights(model: nn.Module, dtype: torch.dtype, only: set[int] | None = None) -> int:
+    """Cast the weights of every Linear, Conv and Attention module, and any ``proj`` / ``text_projection`` matrix, to
+    ``dtype`` (OpenAI CLIP's ``convert_weights``); LayerNorms, embeddings and the logit scale stay as they are.
+
+    ``only`` restricts the cast to parameters whose ``id`` is in it. Returns the number of parameters cast.
+    """
+    cast = 0
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv3d, Attention)):
+            names = [name for name, _ in module.named_parameters(recurse=False)]
+        else:
+            names = [name for name in ("proj", "text_projection") if isinstance(getattr(module, name, None), nn.Parameter)]
+        for name in names:
+            parameter = getattr(module, name)
+            if only is None or id(parameter) in only:
+                parameter.data = parameter.data.to(dtype)
+                cast += 1
+    return cast

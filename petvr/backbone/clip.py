@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .blocks import PatchEmbedding, TowerContext, Transformer, default_logit_scale
+from .blocks import LayerNorm, PatchEmbedding, TowerContext, Transformer, default_logit_scale
 from .config import CLIPConfig, TextConfig, VisionConfig, get_model_config
 
 
@@ -25,9 +25,9 @@ class VisionTower(nn.Module):
         self.conv1 = PatchEmbedding(width, config.patch_size)
         self.class_embedding = nn.Parameter(torch.empty(width))
         self.positional_embedding = nn.Parameter(torch.empty(config.grid_size**2 + 1, width))
-        self.ln_pre = nn.LayerNorm(width)
+        self.ln_pre = LayerNorm(width)
         self.transformer = Transformer(width, config.layers, config.heads, config.mlp_ratio, quick_gelu)
-        self.ln_post = nn.LayerNorm(width)
+        self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(torch.empty(width, embed_dim))
 
     def init_weights(self) -> None:
@@ -74,7 +74,7 @@ class TextTower(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.width)
         self.positional_embedding = nn.Parameter(torch.empty(config.context_length, config.width))
         self.transformer = Transformer(config.width, config.layers, config.heads, config.mlp_ratio, quick_gelu)
-        self.ln_final = nn.LayerNorm(config.width)
+        self.ln_final = LayerNorm(config.width)
         self.text_projection = nn.Parameter(torch.empty(config.width, embed_dim))
 
     def init_weights(self) -> None:
@@ -88,7 +88,8 @@ class TextTower(nn.Module):
         length = token_ids.shape[1]
         if length > self.config.context_length:
             raise ValueError(f"{length} tokens exceed the text context length {self.config.context_length}")
-        return self.token_embedding(token_ids) + self.positional_embedding[:length]
+        x = self.token_embedding(token_ids) + self.positional_embedding[:length]
+        return x.to(self.text_projection.dtype)  # the blocks' dtype (fp16 under CLIP4Clip's fp16 weights)
 
     def pool(self, tokens: Tensor, pool_index: Tensor) -> Tensor:
         """(B, L, W) -> (B, D): ``ln_final`` at ``pool_index`` through ``text_projection``."""

@@ -33,7 +33,7 @@ class RetrievalModel(nn.Module):
         for parameter in self.parameters():
             original_name = backbone_names.get(id(parameter))
             parameter.requires_grad_(original_name is None or original_name in unfrozen)
-        self._original_backbone_ids = set(backbone_names)
+        self.original_backbone_ids = set(backbone_names)
 
     @property
     def method_name(self) -> str:
@@ -47,12 +47,12 @@ class RetrievalModel(nn.Module):
         return self.backbone.logit_scale.exp()
 
     def encode_text(self, token_ids: Tensor, token_mask: Tensor) -> Tensor:
-        """(B, L) -> (B, D)."""
-        return self.method.encode_text(self.backbone, token_ids, token_mask)
+        """(B, L) -> (B, D), float32 whatever the backbone's storage dtype."""
+        return self.method.encode_text(self.backbone, token_ids, token_mask).float()
 
     def encode_video(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
-        """(B, T, 3, H, W), (B, T) -> per-frame embeddings (B, T, D)."""
-        return self.method.encode_video(self.backbone, frames, frame_mask)
+        """(B, T, 3, H, W), (B, T) -> per-frame embeddings (B, T, D), float32."""
+        return self.method.encode_video(self.backbone, frames, frame_mask).float()
 
     def similarity(self, text_embeddings: Tensor, frame_embeddings: Tensor, frame_mask: Tensor) -> Tensor:
         """(Nt, D), (Nv, T, D), (Nv, T) -> logits (Nt, Nv)."""
@@ -85,7 +85,7 @@ class RetrievalModel(nn.Module):
         new = unfrozen = 0
         for parameter in self.parameters():
             if parameter.requires_grad:
-                if id(parameter) in self._original_backbone_ids:
+                if id(parameter) in self.original_backbone_ids:
                     unfrozen += parameter.numel()
                 else:
                     new += parameter.numel()
