@@ -832,7 +832,9 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "17", "threads": "1"}
+        # one thread and no lookahead (zerolatency: no B-frames, no mb-tree): the other settings let x264's output
+        # vary from run to run on identical input
+        stream.options = {"preset": "veryfast", "tune": "zerolatency", "crf": "17", "threads": "1"}
         for planes in rgb_to_yuv420(frames):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(planes, format="yuv420p")))
         container.mux(stream.encode())
