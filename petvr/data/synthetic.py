@@ -7,7 +7,7 @@ pretrained and evaluated on this world instead:
   pretraining. Scenes hold one or two shapes with a colour, a size and a position; captions come from a small grammar
   with synonyms and word-order variants. ``dataset[i]`` depends only on ``(seed, offset + i)``, so DataLoader workers
   need no coordination and held-out sets are other seeds or offsets.
-- Videos are ``VideoSpec``s: objects on a 3x3 grid and a sequence of 2-7 events (move left/right/up/down, appear,
+- Videos are ``VideoSpec``s: objects on a 3x3 grid and a sequence of 2-6 events (move left/right/up/down, appear,
   disappear, change colour, grow, shrink) separated by idle gaps. ``render_video`` turns a spec into frames and the
   caption functions describe the events in order ("a red circle moves left, then a blue square appears").
 - ``generate_world`` writes mp4 files with annotations in the real MSR-VTT and ActivityNet Captions formats, a hard
@@ -57,7 +57,7 @@ SHAPE_WORDS = {
     "star": ("star",),
     "cross": ("cross", "plus sign"),
     "ring": ("ring", "donut"),
-    "diamond": ("diamond", "rhombus"),
+    "diamond": ("diamond",),
 }
 SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
 BACKGROUND_KINDS = ("plain", "gradient", "noise", "stripes")
@@ -319,8 +319,8 @@ class SyntheticImageCaptions:
 
     def __init__(self, seed: int = 0, num_samples: int = 100_000, image_size: int = 64,
                  styles: Sequence[str] = STYLE_NAMES, offset: int = 0):
-        if num_samples < 0 or offset < 0:
-            raise ValueError(f"num_samples and offset must be non-negative, got {num_samples} and {offset}")
+        if min(seed, num_samples, offset) < 0:
+            raise ValueError(f"seed, num_samples and offset must be non-negative, got {seed}, {num_samples}, {offset}")
         if image_size < 16:
             raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
         self.seed, self.num_samples, self.image_size, self.offset = seed, num_samples, image_size, offset
@@ -556,7 +556,8 @@ def object_tracks(spec: VideoSpec) -> list[ObjectTrack]:
     tracks = []
     for obj in spec.objects:
         tracks.append(ObjectTrack(
-            x=np.full(frames, VIDEO_CELL_CENTRES[obj.column] * size), y=np.full(frames, VIDEO_CELL_CENTRES[obj.row] * size),
+            x=np.full(frames, VIDEO_CELL_CENTRES[obj.column] * size),
+            y=np.full(frames, VIDEO_CELL_CENTRES[obj.row] * size),
             radius=np.full(frames, VIDEO_RADIUS[obj.size] * size),
             rgb=np.tile(np.asarray(style.palette[obj.colour], np.float64), (frames, 1)),
             opacity=np.full(frames, 1.0 if obj.visible else 0.0)))
@@ -592,10 +593,17 @@ def render_video(spec: VideoSpec) -> np.ndarray:
     """Frames ``(T, S, S, 3)`` uint8 of a video spec."""
     style, background, tracks = get_style(spec.style), video_background(spec), object_tracks(spec)
     frames = np.repeat(background[None], spec.num_frames, axis=0)
+    previous_state = None
     for index, canvas in enumerate(frames):
+        state = [(round(t.x[index]), round(t.y[index]), round(t.radius[index] * 4), *t.rgb[index], t.opacity[index])
+                 for t in tracks]
+        if state == previous_state:  # idle frame: nothing moved or changed
+            canvas[:] = frames[index - 1]
+            continue
         for obj, track in zip(spec.objects, tracks):
             draw_object(canvas, style, obj.shape, track.x[index], track.y[index], track.radius[index],
                         track.rgb[index], track.opacity[index])
+        previous_state = state
     return _to_uint8(frames)
 
 
@@ -811,20 +819,19 @@ def event_sentences(spec: VideoSpec, rng: np.random.Generator) -> list[str]:
 # Writing videos
 
 def rgb_to_yuv420(frames: np.ndarray) -> np.ndarray:
-    """``(T, H, W, 3)`` uint8 RGB -> planar yuv420p ``(T, 3 H / 2, W)`` uint8, BT.601 limited range (what decoders
-    assume for untagged video). Done here, elementwise, rather than by swscale or a BLAS product, whose rounding can
-    depend on buffer alignment or threads and would make the mp4 bytes differ from run to run."""
-    rgb = frames.astype(np.float32)
+    """``(T, H, W, 3)`` uint8 RGB -> planar yuv420p ``(T, 3 H / 2, W)`` uint8: BT.601 limited range (what decoders
+    assume for untagged video) in the usual 8-bit integer form, chroma averaged over 2x2 pixels. Done here in integers
+    rather than by swscale, whose rounding depends on buffer alignment and would make the mp4 bytes vary by run."""
+    rgb = frames.astype(np.int32)
     count, height, width = frames.shape[:3]
-    pooled = (rgb[:, 0::2, 0::2] + rgb[:, 1::2, 0::2] + rgb[:, 0::2, 1::2] + rgb[:, 1::2, 1::2]) / 4
-
-    def weigh(image: np.ndarray, offset: float, red: float, green: float, blue: float) -> np.ndarray:
-        return offset + (image[..., 0] * red + image[..., 1] * green + image[..., 2] * blue) / 255.0
-
-    planes = [weigh(rgb, 16.0, 65.481, 128.553, 24.966),
-              weigh(pooled, 128.0, -37.797, -74.203, 112.0).reshape(count, height // 4, width),
-              weigh(pooled, 128.0, 112.0, -93.786, -18.214).reshape(count, height // 4, width)]
-    return np.clip(np.rint(np.concatenate(planes, axis=1)), 0, 255).astype(np.uint8)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    luma = ((66 * red + 129 * green + 25 * blue + 128) >> 8) + 16
+    block = rgb[:, 0::2, 0::2] + rgb[:, 1::2, 0::2] + rgb[:, 0::2, 1::2] + rgb[:, 1::2, 1::2]  # 4x the 2x2 mean
+    red, green, blue = block[..., 0], block[..., 1], block[..., 2]
+    chroma_blue = ((-38 * red - 74 * green + 112 * blue + 512) >> 10) + 128
+    chroma_red = ((112 * red - 94 * green - 18 * blue + 512) >> 10) + 128
+    planes = [luma, chroma_blue.reshape(count, height // 4, width), chroma_red.reshape(count, height // 4, width)]
+    return np.clip(np.concatenate(planes, axis=1), 0, 255).astype(np.uint8)
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
@@ -845,18 +852,14 @@ def _render_and_write(job: tuple[VideoSpec, str]) -> None:
     write_mp4(path, render_video(spec), spec.fps)
 
 
-def _render_all(jobs: list[tuple[VideoSpec, str]], workers: int, description: str) -> None:
-    """Render and encode every (spec, path) job, in ``workers`` processes (forked where the platform allows, so a
-    script run from stdin or a notebook works too); the output does not depend on the number of workers."""
+def _parallel_map(function, items: list, workers: int, description: str, unit: str, chunksize: int = 1) -> list:
+    """``[function(item) for item in items]`` in ``workers`` processes (forked where the platform allows, so a script
+    run from stdin or a notebook works too), with a progress bar; results do not depend on the number of workers."""
     if workers <= 1:
-        for job in tqdm(jobs, desc=description, unit="video"):
-            _render_and_write(job)
-        return
+        return [function(item) for item in tqdm(items, desc=description, unit=unit)]
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     with multiprocessing.get_context(method).Pool(workers) as pool:
-        for _ in tqdm(pool.imap_unordered(_render_and_write, jobs, chunksize=8), total=len(jobs), desc=description,
-                      unit="video"):
-            pass
+        return list(tqdm(pool.imap(function, items, chunksize), total=len(items), desc=description, unit=unit))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -878,11 +881,11 @@ class WorldSize:
 _SHORT = ClipLayout(num_events=(2, 3), event_frames=(6, 10), gap_frames=(2, 5), edge_frames=(1, 4))
 _LONG = ClipLayout(num_events=(4, 6), event_frames=(12, 18), gap_frames=(5, 10), edge_frames=(3, 6))
 WORLD_SIZES = {
-    "tiny": WorldSize(12, 6, 4, 3, 2, ClipLayout((2, 3), (4, 6), (1, 2), (1, 2)), ClipLayout((3, 3), (6, 8), (3, 5), (2, 3))),
+    "tiny": WorldSize(12, 6, 4, 3, 2, short_clips=ClipLayout((2, 3), (4, 6), (1, 2), (1, 2)),
+                      long_clips=ClipLayout((3, 3), (6, 8), (3, 5), (2, 3))),
     "small": WorldSize(1500, 300, 150, 100, 30, _SHORT, _LONG),
     "medium": WorldSize(6000, 1000, 500, 400, 100, _SHORT, _LONG),
 }
-DATASET_KINDS = ("msrvtt", "temporal", "activitynet")
 
 
 @dataclass(frozen=True)
@@ -921,7 +924,7 @@ def _msrvtt_dataset(relative: str, collection: str, seed: int, train: list[Video
                               "sentence": captions[0]})
     dataset.files["MSRVTT_data.json"] = {
         "info": {"contributor": "petvr synthetic world", "description": f"{collection} collection, procedural",
-                 "version": str(WORLD_FORMAT_VERSION), "year": 2024},
+                 "version": str(WORLD_FORMAT_VERSION)},
         "videos": videos, "sentences": sentences}
     if train:
         dataset.files["MSRVTT_train.9k.csv"] = _CsvTable(("video_id",), [{"video_id": f"video{n}"}
@@ -970,24 +973,29 @@ def _activitynet_dataset(relative: str, seed: int, train: list[VideoSpec], val: 
     return dataset
 
 
-def _collection_datasets(collection: str, seed: int, size: WorldSize, num_train: int) -> list[_Dataset]:
+def _collection_datasets(task: tuple[str, int, WorldSize, int]) -> list[_Dataset]:
+    """The three datasets of one collection, annotations complete and videos still to render: ``task`` is
+    ``(collection, seed, size, num_train)``."""
+    collection, seed, size, num_train = task
     style = get_style(collection)
 
     def specs(name: str, count: int, layout: ClipLayout) -> list[VideoSpec]:
         return [sample_video_spec(_rng(seed, collection, name, index), style, layout) for index in range(count)]
 
-    msrvtt = _msrvtt_dataset(f"{collection}/msrvtt", collection, seed, specs("msrvtt train", num_train, size.short_clips),
-                             specs("msrvtt test", size.msrvtt_test, size.short_clips), groups=None)
+    short, long = size.short_clips, size.long_clips
+    msrvtt = _msrvtt_dataset(f"{collection}/msrvtt", collection, seed, specs("msrvtt train", num_train, short),
+                             specs("msrvtt test", size.msrvtt_test, short), groups=None)
     temporal, groups = [], []
-    order_rng = _rng(seed, collection, "temporal order")
     for index in range(size.temporal_pairs):
-        pair = list(sample_temporal_pair(_rng(seed, collection, "temporal", index), style, size.short_clips))
-        order_rng.shuffle(pair)
+        rng = _rng(seed, collection, "temporal", index)
+        pair = list(sample_temporal_pair(rng, style, short))
+        rng.shuffle(pair)  # which of the two is the one sampled forwards must not follow from the numbering
         groups.append([len(temporal), len(temporal) + 1])
         temporal += pair
     temporal_set = _msrvtt_dataset(f"{collection}/temporal", collection, seed, [], temporal, groups=groups)
-    activitynet = _activitynet_dataset(f"{collection}/activitynet", seed, specs("activitynet train", size.activitynet_train, size.long_clips),
-                                       specs("activitynet val", size.activitynet_val, size.long_clips))
+    activitynet = _activitynet_dataset(f"{collection}/activitynet", seed,
+                                       specs("activitynet train", size.activitynet_train, long),
+                                       specs("activitynet val", size.activitynet_val, long))
     return [msrvtt, temporal_set, activitynet]
 
 
@@ -1045,6 +1053,8 @@ def generate_world(root: str | Path, seed: int = 0, size: str = "small", num_vid
     """
     if size not in WORLD_SIZES:
         raise ValueError(f"unknown world size {size!r}; known: {', '.join(WORLD_SIZES)}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
     collections = tuple(get_style(name).name for name in collections)
     if not collections or len(set(collections)) != len(collections):
         raise ValueError(f"collections must name distinct styles, got {collections}")
@@ -1061,7 +1071,9 @@ def generate_world(root: str | Path, seed: int = 0, size: str = "small", num_vid
     if root.exists() and existing is None and any(root.iterdir()):
         raise DataError(root, "exists and is not a synthetic world (no manifest.json); refusing to overwrite it")
 
-    datasets = [dataset for name in collections for dataset in _collection_datasets(name, seed, world_size, num_train)]
+    tasks = [(name, seed, world_size, num_train) for name in collections]
+    datasets = [dataset for datasets in _parallel_map(_collection_datasets, tasks, workers, "annotations", "collection")
+                for dataset in datasets]
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
@@ -1073,7 +1085,7 @@ def generate_world(root: str | Path, seed: int = 0, size: str = "small", num_vid
                 _write_annotation(folder / name, content)
             jobs += [(spec, str(folder / relative)) for spec, relative in dataset.jobs]
         jobs.sort(key=lambda job: -job[0].num_frames)
-        _render_all(jobs, workers, f"synthetic world ({size})")
+        _parallel_map(_render_and_write, jobs, workers, f"synthetic world ({size})", "video", chunksize=8)
         manifest = {"format": "petvr synthetic world", "settings": settings,
                     "datasets": {dataset.relative: dataset.summary for dataset in datasets},
                     "num_videos": len(jobs),
