@@ -1,8 +1,9 @@
 """Backbone throughput: petvr vs open_clip on the same weights and inputs, in one run.
 
 Measures frames/s of the image tower and captions/s of the text tower. Repetitions of the two implementations are
-interleaved (and their order alternates) so that load from other processes hits both alike; the ratio is
-petvr / open_clip of the median throughputs (>= 1.0 means petvr is at least as fast).
+interleaved (and their order alternates) so that load from other processes hits both alike. The ratio is
+petvr / open_clip of the median throughputs (>= 1.0 means petvr is at least as fast); the median of the ratios of
+neighbouring repetitions is printed beside it, as it is less sensitive to load that drifts during the run.
 
     python benchmarks/backbone_throughput.py                      # ViT-B/32 shape, CPU fp32
     python benchmarks/backbone_throughput.py --device cuda        # also bf16 autocast
@@ -63,8 +64,9 @@ def compare(name: str, workloads: dict, items: int, iters: int, repeats: int, de
             for label in labels if repeat % 2 == 0 else labels[::-1]:
                 seconds[label].append(timed(workloads[label], iters, device))
     rates = {label: items / statistics.median(values) for label, values in seconds.items()}
-    ratio = rates["petvr"] / rates["open_clip"]
-    print(f"{name:<28} petvr {rates['petvr']:9.1f}/s   open_clip {rates['open_clip']:9.1f}/s   ratio {ratio:5.2f}")
+    paired = statistics.median(ours_open / ours for ours, ours_open in zip(seconds["petvr"], seconds["open_clip"]))
+    print(f"{name:<30} petvr {rates['petvr']:8.1f}/s   open_clip {rates['open_clip']:8.1f}/s   "
+          f"ratio {rates['petvr'] / rates['open_clip']:5.2f} (median of paired repetitions {paired:5.2f})")
 
 
 def main() -> None:

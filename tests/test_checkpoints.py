@@ -12,8 +12,8 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from safetensors.torch import save_file
 
 from petvr.backbone import (
-    SUPPORTED_FORMATS, CheckpointError, backbone_weight_hash, create_backbone, embedded_checkpoint_path, get_model_config,
-    load_backbone, save_backbone,
+    SUPPORTED_FORMATS, CheckpointError, backbone_weight_hash, create_backbone, embedded_checkpoint_path,
+    get_model_config, load_backbone, save_backbone,
 )
 from petvr.backbone.checkpoints import CHECKPOINT_DIR_ENV
 
@@ -110,7 +110,8 @@ def test_hf_missing_projection(tmp_path):
                                      vision_config=dict(tower, image_size=16, patch_size=8), projection_dim=32))
     folder = tmp_path / "hf"
     reference.config.save_pretrained(folder)
-    weights = {k: v for k, v in reference.state_dict().items() if k != "vision_model.encoder.layers.0.self_attn.k_proj.bias"}
+    dropped = "vision_model.encoder.layers.0.self_attn.k_proj.bias"
+    weights = {k: v for k, v in reference.state_dict().items() if k != dropped}
     save_file(weights, str(folder / "model.safetensors"))
     message = error_of(folder / "model.safetensors")
     assert "vision_model.encoder.layers.0.self_attn.{q,k,v}_proj.bias: the k projection(s) are missing" in message
@@ -124,7 +125,9 @@ def test_wrong_shape(tmp_path, openai_state_dict):
     assert "visual.transformer.resblocks.1.ln_1.weight: expected shape (128,), found (7,)" in message
 
 
-@pytest.mark.parametrize("content", [b"hello, this is a text file\n", os.urandom(4096), b""], ids=["text", "random", "empty"])
+@pytest.mark.parametrize(
+    "content", [b"hello, this is a text file\n", os.urandom(4096), b""], ids=["text", "random", "empty"]
+)
 def test_unknown_format(tmp_path, content):
     path = tmp_path / "weights.bin"
     path.write_bytes(content)
@@ -188,7 +191,8 @@ def test_hf_unsupported_activation(tmp_path, openai_state_dict):
     """The activation check comes from config.json before any tensor is read."""
     folder = tmp_path / "hf"
     folder.mkdir()
-    config = {"model_type": "clip", "text_config": {"hidden_act": "gelu_new"}, "vision_config": {"hidden_act": "gelu_new"}}
+    tower = {"hidden_act": "gelu_new"}
+    config = {"model_type": "clip", "text_config": tower, "vision_config": tower}
     (folder / "config.json").write_text(json.dumps(config))
     save_file({"logit_scale": torch.zeros(())}, str(folder / "model.safetensors"))
     with pytest.raises(CheckpointError, match="hidden_act is 'gelu_new'; supported: quick_gelu, gelu"):
@@ -264,7 +268,8 @@ def test_loading_is_strict_and_float32(tmp_path, openai_state_dict):
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert not any(p.is_meta for p in model.parameters())
     loaded = dict(model.state_dict())
-    assert torch.equal(loaded["text.token_embedding.weight"], openai_state_dict["token_embedding.weight"].half().float())
+    expected = openai_state_dict["token_embedding.weight"].half().float()
+    assert torch.equal(loaded["text.token_embedding.weight"], expected)
     assert torch.equal(loaded["text.text_projection"], openai_state_dict["text_projection"].half().float())
 
 

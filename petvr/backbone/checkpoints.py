@@ -39,7 +39,8 @@ SUPPORTED_FORMATS = (
     "OpenAI TorchScript archive (e.g. ViT-B-32.pt as OpenAI ships it)",
     "OpenAI or open_clip state dict saved with torch.save (keys may carry a 'module.' prefix; "
     "open_clip training checkpoints {'state_dict': ...} too)",
-    "Hugging Face CLIPModel folder (config.json + model.safetensors, model.safetensors.index.json or pytorch_model.bin)",
+    "Hugging Face CLIPModel folder (config.json + model.safetensors, model.safetensors.index.json "
+    "or pytorch_model.bin)",
     "a .safetensors file with OpenAI/open_clip, Hugging Face or petvr keys",
 )
 CHECKPOINT_DIR_ENV = "PETVR_CHECKPOINT_DIR"
@@ -198,14 +199,17 @@ def _read_safetensors(path: Path) -> RawCheckpoint:
 def _read_hf_folder(folder: Path) -> RawCheckpoint:
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise CheckpointError(folder, f"folder has no config.json, so it is not a Hugging Face model folder; {_formats_list()}")
+        raise CheckpointError(
+            folder, f"folder has no config.json, so it is not a Hugging Face model folder; {_formats_list()}"
+        )
     try:
         hf_config = json.loads(config_path.read_text())
     except json.JSONDecodeError as error:
         raise CheckpointError(config_path, f"not valid JSON: {error}") from error
     if hf_config.get("model_type") != "clip":
         raise CheckpointError(
-            config_path, f"model_type is {hf_config.get('model_type')!r}; only Hugging Face CLIPModel ('clip') is supported"
+            config_path,
+            f"model_type is {hf_config.get('model_type')!r}; only Hugging Face CLIPModel ('clip') is supported",
         )
     weights = next((folder / name for name in _HF_WEIGHT_FILES if (folder / name).is_file()), None)
     if weights is None:
@@ -243,7 +247,9 @@ def detect_layout(tensors: dict[str, Tensor], path: Path) -> str:
     if "visual.layer1.0.conv1.weight" in tensors:
         raise CheckpointError(path, "this is a ResNet CLIP; petvr's backbone is a ViT")
     sample = ", ".join(sorted(tensors)[:5]) or "no tensors"
-    raise CheckpointError(path, f"the keys do not look like a CLIP ViT checkpoint (first keys: {sample}); {_formats_list()}")
+    raise CheckpointError(
+        path, f"the keys do not look like a CLIP ViT checkpoint (first keys: {sample}); {_formats_list()}"
+    )
 
 
 def _strip_prefix(tensors: dict[str, Tensor], prefix: str = "module.") -> dict[str, Tensor]:
@@ -334,7 +340,8 @@ def _require(converted: PetvrStateDict, key: str, path: Path, dims: int) -> Tens
         )
     tensor = converted.tensors[key]
     if tensor.dim() != dims:
-        raise CheckpointError(path, f"{converted.describe(key)}: expected a {dims}-d tensor, found shape {tuple(tensor.shape)}")
+        found = tuple(tensor.shape)
+        raise CheckpointError(path, f"{converted.describe(key)}: expected a {dims}-d tensor, found shape {found}")
     return tensor
 
 
@@ -344,7 +351,9 @@ def _count_blocks(converted: PetvrStateDict, prefix: str, path: Path) -> int:
         raise CheckpointError(path, f"no transformer blocks found under {prefix!r}")
     missing = sorted(set(range(max(indices) + 1)) - indices)
     if missing:
-        raise CheckpointError(path, f"missing block(s) {missing} under {prefix!r} (found {len(indices)} of {max(indices) + 1})")
+        raise CheckpointError(
+            path, f"missing block(s) {missing} under {prefix!r} (found {len(indices)} of {max(indices) + 1})"
+        )
     return len(indices)
 
 
@@ -363,11 +372,15 @@ def infer_config(converted: PetvrStateDict, path: str | Path, facts: Architectur
     conv = _require(converted, "visual.conv1.weight", path, dims=4)
     vision_width, _, patch_height, patch_width = conv.shape
     if patch_height != patch_width:
-        raise CheckpointError(path, f"visual.conv1.weight: expected a square patch kernel, found shape {tuple(conv.shape)}")
+        raise CheckpointError(
+            path, f"visual.conv1.weight: expected a square patch kernel, found shape {tuple(conv.shape)}"
+        )
     positions = _require(converted, "visual.positional_embedding", path, dims=2).shape[0]
     grid = math.isqrt(positions - 1)
     if grid * grid != positions - 1:
-        raise CheckpointError(path, f"visual.positional_embedding: {positions} rows is not 1 + a square grid of patches")
+        raise CheckpointError(
+            path, f"visual.positional_embedding: {positions} rows is not 1 + a square grid of patches"
+        )
     token_embedding = _require(converted, "text.token_embedding.weight", path, dims=2)
     vocab_size, text_width = token_embedding.shape
     vision_prefix, text_prefix = "visual.transformer.resblocks.", "text.transformer.resblocks."
@@ -404,7 +417,9 @@ def architecture_facts(raw: RawCheckpoint) -> ArchitectureFacts:
     activations = {name: tower.get("hidden_act", "quick_gelu") for name, tower in towers.items()}
     for name, activation in activations.items():
         if activation not in _HF_ACTIVATIONS:
-            raise CheckpointError(config_path, f"{name}_config.hidden_act is {activation!r}; supported: quick_gelu, gelu")
+            raise CheckpointError(
+                config_path, f"{name}_config.hidden_act is {activation!r}; supported: quick_gelu, gelu"
+            )
         epsilon = towers[name].get("layer_norm_eps", 1e-5)
         if not math.isclose(epsilon, 1e-5):
             raise CheckpointError(config_path, f"{name}_config.layer_norm_eps is {epsilon}; petvr's CLIP uses 1e-5")
@@ -438,10 +453,10 @@ def _flatten(config: CLIPConfig) -> dict[str, object]:
 def _describe(config: CLIPConfig) -> str:
     v, t = config.vision, config.text
     return (
-        f"embed_dim={config.embed_dim}, quick_gelu={config.quick_gelu}, vision(image {v.image_size}, patch "
-        f"{v.patch_size}, width {v.width}, layers {v.layers}, heads {v.heads}, mlp_ratio {v.mlp_ratio:g}), text(context "
-        f"{t.context_length}, vocab {t.vocab_size}, width {t.width}, layers {t.layers}, heads {t.heads}, "
-        f"mlp_ratio {t.mlp_ratio:g})"
+        f"embed_dim={config.embed_dim}, quick_gelu={config.quick_gelu}, "
+        f"vision(image {v.image_size}, patch {v.patch_size}, width {v.width}, layers {v.layers}, heads {v.heads}, "
+        f"mlp_ratio {v.mlp_ratio:g}), text(context {t.context_length}, vocab {t.vocab_size}, width {t.width}, "
+        f"layers {t.layers}, heads {t.heads}, mlp_ratio {t.mlp_ratio:g})"
     )
 
 
@@ -453,7 +468,8 @@ def resolve_config(
     if named is None:
         return inferred
     resolved = CLIPConfig.from_dict(inferred.to_dict())
-    borrowed = [what for what, known in [("heads", facts.vision_heads), ("activation", facts.quick_gelu)] if known is None]
+    recorded = {"heads": facts.vision_heads, "activation": facts.quick_gelu}
+    borrowed = [what for what, known in recorded.items() if known is None]
     source = facts.source + (f"; {' and '.join(borrowed)} as in {name}" if borrowed else "")
     if facts.vision_heads is None:
         resolved.vision.heads = named.vision.heads
