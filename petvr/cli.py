@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     pretrain = commands.add_parser("pretrain", help="pretrain the small embedded CLIP on synthetic image-captions")
-    pretrain.add_argument("--steps", type=int, default=3000)
+    pretrain.add_argument("--steps", type=int, default=2500)
     pretrain.add_argument("--batch-size", type=int, default=128)
     pretrain.add_argument("--lr", type=float, default=5e-4)
     pretrain.add_argument("--seed", type=int, default=0)
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="zero-shot vs trained on the synthetic world, end to end")
     demo.add_argument("--workdir", default="demo-run")
-    demo.add_argument("--epochs", type=int, default=3)
+    demo.add_argument("--epochs", type=int, default=5)
     demo.set_defaults(run=_cmd_demo)
 
     cache = commands.add_parser("cache", help="decode a recipe's videos into its frame cache")

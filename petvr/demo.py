@@ -31,7 +31,7 @@ def _row(name: str, metrics: dict) -> str:
     return f"{name:<34}" + "".join(f"{metrics[d][k]:>9.1f}" for d in ("t2v", "v2t") for k in ("R@1", "R@5", "MnR"))
 
 
-def run_demo(workdir: Path, epochs: int = 3) -> dict:
+def run_demo(workdir: Path, epochs: int = 5) -> dict:
     started = time.time()
     torch.manual_seed(0)
     world = generate_world(workdir / "world", size="small")

@@ -84,3 +84,25 @@ def test_unknown_train_key_is_reported(world, tmp_path):
         args += ["--set", assignment]
     with pytest.raises(ValueError, match="learning_rate"):
         main(args)
+
+
+def test_cache_command_fills_the_recipe_cache_and_reports(world, tmp_path, capsys):
+    cache_dir = tmp_path / "cache"
+    args = ["cache", str(RECIPE), "--workers", "0"]
+    for assignment in overrides(world, tmp_path / "run") + [f"data.cache_dir=\"{cache_dir}\""]:
+        args += ["--set", assignment]
+    main(args)
+    first = capsys.readouterr().out
+    assert len(list(cache_dir.rglob("*.npy"))) == 18  # the tiny world's 12 training + 6 test videos
+    main(args)
+    assert "18" in capsys.readouterr().out and "18" in first  # second run: all already cached
+
+
+def test_preview_command_writes_a_contact_sheet(world, tmp_path):
+    video = next((world / "world" / "studio" / "msrvtt" / "videos").glob("*.mp4"))
+    out = tmp_path / "sheet.png"
+    main(["data", "preview", str(video), "--out", str(out), "--max-frames", "4", "--fps", "2", "--image-size", "64"])
+    from PIL import Image
+
+    with Image.open(out) as image:
+        assert image.width > 4 * 64 - 1 and image.height > 64

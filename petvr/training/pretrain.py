@@ -35,9 +35,9 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 class PretrainConfig:
     model: str = "petvr-tiny"
     seed: int = 0
-    steps: int = 2000
-    batch_size: int = 256
-    lr: float = 1e-3
+    steps: int = 2500
+    batch_size: int = 128
+    lr: float = 5e-4
     weight_decay: float = 0.1
     warmup: float = 0.05
     max_words: int = 32
