@@ -20,7 +20,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 from torch import Tensor
 
+from ..atomic import atomic_write
 from ..data.errors import DataError
 from .clip import CLIP
 from .config import CLIPConfig, TextConfig, VisionConfig, get_model_config
@@ -587,21 +587,9 @@ def load_backbone(
 
 def save_backbone(model: CLIP, path: str | Path) -> Path:
     """Write the backbone's weights and config to one ``.safetensors`` file (petvr keys), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     metadata = {"format": "pt", "petvr_config": json.dumps(model.config.to_dict())}
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_safetensors(tensors, temporary, metadata=metadata)
-        with open(temporary, "rb+") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+    return atomic_write(path, lambda tmp: save_safetensors(tensors, str(tmp), metadata=metadata))
 
 
 def backbone_weight_hash(model: CLIP) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 from tqdm import tqdm
 
+from petvr.atomic import atomic_write
 from petvr.data import video
 from petvr.data.errors import DataError, SkipReport
 from petvr.data.video import DecodedClip, SamplingConfig, VideoSample
@@ -76,8 +76,9 @@ class FrameCache:
                 "end": _span_value(end), "decode_key": json.loads(config.decode_key()),
                 "timestamps": grid.timestamps.tolist(), "frame_indices": grid.frame_indices.tolist()}
         stem.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(stem.with_suffix(".json"), lambda handle: handle.write(json.dumps(meta).encode()))
-        _write_atomically(stem.with_suffix(".npy"), lambda handle: np.save(handle, grid.frames))
+        # Not fsynced (an entry lost to a power cut is simply decoded again); the JSON lands before the frames.
+        atomic_write(stem.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta)), durable=False)
+        atomic_write(stem.with_suffix(".npy"), lambda tmp: _save_npy(tmp, grid.frames), durable=False)
         return grid
 
     def grid(self, path: str | Path, config: SamplingConfig, start: float | None = None,
@@ -96,16 +97,9 @@ class FrameCache:
         return video.to_model_input(video.select_frames(self.grid(path, config, start, end), config, rng), config)
 
 
-def _write_atomically(target: Path, write: Any) -> None:
-    """Write through ``write(handle)`` into a temporary file beside ``target``, then ``os.replace`` it into place."""
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def _save_npy(path: Path, frames: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a file handle, so numpy does not append ".npy" to the temporary name
+        np.save(handle, frames)
 
 
 @dataclass

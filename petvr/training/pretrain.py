@@ -7,7 +7,6 @@ the synthetic image-caption stream. It is a stand-in for OpenAI's CLIP (no real 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -21,7 +20,7 @@ from tqdm import tqdm
 
 from ..backbone import create_backbone
 from ..backbone.tokenizer import Tokenizer
-from ..checkpoint import atomic_write, atomic_write_json
+from ..atomic import atomic_write, atomic_write_json
 from ..data.synthetic import SyntheticImageCaptions
 from ..data.video import normalize
 from ..evaluation.metrics import retrieval_metrics

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..backbone.blocks import cast_matrix_weights
-from ..checkpoint import atomic_write_folder, atomic_write_json, save_adapter, write_adapter_files
+from ..atomic import atomic_write_folder, atomic_write_json
+from ..checkpoint import save_adapter, write_adapter_files
 from .distributed import all_gather_with_grad, is_main_process, rank, world_size
 from .losses import symmetric_infonce
 from .optim import build_optimizer
