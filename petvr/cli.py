@@ -51,22 +51,18 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_cache(args: argparse.Namespace) -> None:
-    from .backbone.config import get_model_config
-    from .data.cache import build_cache
+    from .backbone import create_backbone
     from .training.recipe import load_recipe, read_split, sampling_config
 
     recipe = load_recipe(args.recipe, args.set)
-    cache_dir = recipe["data"].get("cache_dir")
-    if not cache_dir:
+    if not recipe["data"].get("cache_dir"):
         raise SystemExit(f"{args.recipe}: [data] has no cache_dir to fill")
-
-    class _Backbone:  # only the image size is needed to decide the frames' resolution
-        config = get_model_config(recipe["backbone"]["name"])
-
-    sampling = sampling_config(recipe, _Backbone, train=False)
-    records = [video for which in ("train", "test") if which in recipe["data"] for video in read_split(recipe, which).videos]
-    report = build_cache(records, sampling, cache_dir, num_workers=args.workers)
-    print(report.summary())
+    recipe["data"]["num_workers"] = args.workers
+    shape_only = create_backbone(recipe["backbone"]["name"], device="meta")  # the frames' size comes from its config
+    for which in ("train", "test"):
+        if which in recipe["data"]:
+            split = read_split(recipe, which, sampling_config(recipe, shape_only, train=False), args.report_dir)
+            print(f"{which}: {len(split)} videos cached")
 
 
 def _cmd_preview(args: argparse.Namespace) -> None:
@@ -125,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("recipe")
     cache.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     cache.add_argument("--workers", type=int, default=2)
+    cache.add_argument("--report-dir", default=".", help="where skipped-<split>.jsonl reports go")
     cache.set_defaults(run=_cmd_cache)
 
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)

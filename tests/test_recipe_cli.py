@@ -94,8 +94,29 @@ def test_cache_command_fills_the_recipe_cache_and_reports(world, tmp_path, capsy
     main(args)
     first = capsys.readouterr().out
     assert len(list(cache_dir.rglob("*.npy"))) == 18  # the tiny world's 12 training + 6 test videos
+    assert "12 decoded" in first and "6 decoded" in first
     main(args)
-    assert "18" in capsys.readouterr().out and "18" in first  # second run: all already cached
+    second = capsys.readouterr().out
+    assert "12 already cached" in second and "6 already cached" in second
+
+
+def test_unreadable_video_stops_with_its_name_or_is_skipped_and_reported(world, tmp_path, capsys):
+    import shutil
+
+    studio = tmp_path / "studio"
+    shutil.copytree(world / "world" / "studio" / "msrvtt", studio / "msrvtt")
+    broken = studio / "msrvtt" / "videos" / "video3.mp4"
+    broken.write_bytes(broken.read_bytes()[:300])  # truncated
+    args = ["cache", str(RECIPE), "--workers", "0", "--report-dir", str(tmp_path)]
+    for assignment in overrides(world, tmp_path / "run") + [f"data.root=\"{studio}\"",
+                                                            f"data.cache_dir=\"{tmp_path / 'cache'}\""]:
+        args += ["--set", assignment]
+    with pytest.raises(ValueError, match="video3.mp4"):
+        main(args)
+    main(args + ["--set", "data.skip_unreadable=true"])
+    report = (tmp_path / "skipped-train.jsonl").read_text().splitlines()
+    assert len(report) == 1 and "video3.mp4" in json.loads(report[0])["path"]
+    assert "11 videos cached" in capsys.readouterr().out
 
 
 def test_preview_command_writes_a_contact_sheet(world, tmp_path):

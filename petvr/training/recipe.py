@@ -6,7 +6,7 @@
 
     [backbone]  name, checkpoint (optional)
     [method]    name plus the method's config fields
-    [data]      dataset, root, expand_sentences, max_words, cache_dir, num_workers, batch_size_val
+    [data]      dataset, root, expand_sentences, max_words, cache_dir, num_workers, batch_size_val, skip_unreadable
     [data.sampling]   SamplingConfig fields (image_size defaults to the backbone's)
     [data.train] / [data.test]   keyword arguments of the dataset's reader (see ``petvr.data.readers``)
     [train]     TrainConfig fields plus output_dir
@@ -24,8 +24,10 @@ import torch
 
 from ..backbone.checkpoints import load_backbone
 from ..backbone.tokenizer import Tokenizer
+from ..data.cache import build_cache
 from ..data.dataset import CaptionVideoDataset, FrameSource
 from ..data.readers import read_dataset
+from ..data.records import RetrievalSplit
 from ..data.video import SamplingConfig
 from ..evaluation.evaluate import evaluate_split
 from ..evaluation.metrics import format_metrics_table
@@ -110,16 +112,37 @@ def build_model(recipe: dict, device: torch.device | str = "cpu") -> RetrievalMo
     return RetrievalModel(backbone, method.pop("name"), **method).to(device)
 
 
-def read_split(recipe: dict, which: str):
+def read_split(recipe: dict, which: str, sampling: SamplingConfig | None = None,
+               report_dir: Path | None = None) -> RetrievalSplit:
+    """Read the ``[data.<which>]`` split. With a ``cache_dir`` and a ``sampling`` config, every video is decoded
+    into the cache first, which also finds unreadable videos before training starts. ``data.skip_unreadable``
+    leaves bad annotation rows and unreadable videos out instead of stopping, and writes what it left out and why to
+    ``report_dir/skipped-<which>.jsonl``."""
     data = recipe["data"]
-    return read_dataset(data["dataset"], **_reader_arguments(data[which], data_root(recipe)))
+    skip = bool(data.get("skip_unreadable", False))
+    arguments = _reader_arguments(data[which], data_root(recipe))
+    split = read_dataset(data["dataset"], **({"skip_unreadable": True} if skip else {}), **arguments)
+    if sampling is not None and data.get("cache_dir"):
+        report = build_cache(split.videos, sampling, data["cache_dir"], num_workers=data.get("num_workers", 0),
+                             skip_unreadable=skip)
+        print(f"frame cache, {which} split: {report.summary().splitlines()[0]}")
+        unreadable = {str(Path(item.path).resolve()) for item in report.skipped.items}
+        split.videos = [video for video in split.videos if str(Path(video.path).resolve()) not in unreadable]
+        split.skipped.items.extend(report.skipped.items)
+    if split.skipped:
+        print(f"{data['dataset']} {which}: {split.skipped.summary()}")
+        if report_dir is not None and is_main_process():
+            print(f"report written to {split.skipped.write(Path(report_dir) / f'skipped-{which}.jsonl')}")
+    return split
 
 
-def make_evaluator(recipe: dict, model: RetrievalModel, device, progress: bool = True):
-    """A function ``model -> metrics`` on the recipe's test split (read once)."""
+def make_evaluator(recipe: dict, model: RetrievalModel, device, progress: bool = True,
+                   report_dir: Path | None = None):
+    """A function ``model -> metrics`` on the recipe's test split (read, and cached, once)."""
     data = recipe["data"]
-    split = read_split(recipe, "test")
-    frames = FrameSource(sampling_config(recipe, model.backbone, train=False), data.get("cache_dir") or None)
+    sampling = sampling_config(recipe, model.backbone, train=False)
+    split = read_split(recipe, "test", sampling, report_dir)
+    frames = FrameSource(sampling, data.get("cache_dir") or None)
     tokenizer = Tokenizer(data.get("max_words", 32))
     return lambda m: evaluate_split(m, split, frames, tokenizer, batch_size=data.get("batch_size_val", 16),
                                     num_workers=data.get("num_workers", 0), device=device, progress=progress)
@@ -136,11 +159,12 @@ def run_recipe(recipe: dict, output_dir: str | Path | None = None, resume: bool 
     torch.manual_seed(config.seed)
     model = build_model(recipe, info.device)
     data = recipe["data"]
-    train_split = read_split(recipe, "train")
+    sampling = sampling_config(recipe, model.backbone, train=True)
+    train_split = read_split(recipe, "train", sampling, output_dir)
     samples = train_split.training_samples(data.get("expand_sentences", True), seed=config.seed)
-    frames = FrameSource(sampling_config(recipe, model.backbone, train=True), data.get("cache_dir") or None)
+    frames = FrameSource(sampling, data.get("cache_dir") or None)
     dataset = CaptionVideoDataset(samples, frames, Tokenizer(data.get("max_words", 32)), seed=config.seed)
-    evaluate = make_evaluator(recipe, model, info.device)
+    evaluate = make_evaluator(recipe, model, info.device, report_dir=output_dir)
     trainer = Trainer(model, dataset, config, output_dir, evaluate=evaluate, recipe=recipe, device=info.device)
     if is_main_process():
         print(model.format_parameter_report())
