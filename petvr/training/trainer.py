@@ -125,7 +125,10 @@ class Trainer:
         self.objective = ContrastiveObjective(self.model)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=ids)
+            # find_unused_parameters: some heads keep weights their forward never uses (seqLSTM's position table,
+            # kept for CLIP4Clip's parameter count), as CLIP4Clip's own DDP setup allows.
+            self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=ids,
+                                                                 find_unused_parameters=True)
         self.optimizer, self.scheduler = build_optimizer(
             config.optimizer, self.model.named_parameters(), lr=config.lr, total_steps=self.total_steps,
             coef_lr=config.coef_lr, weight_decay=config.weight_decay, warmup=config.warmup, schedule=config.schedule,
