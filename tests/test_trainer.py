@@ -1,5 +1,6 @@
 """The training loop on a tiny task: it learns, it stops on NaN naming the videos, it resumes exactly."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,3 +128,41 @@ def test_fp16_weights_mode_reproduces_clip4clip_storage_and_rounding(tmp_path):
     reference.train(stop_after_steps=2)
     moved_fp32 = (block32.mlp.c_fc.weight != before32).float().mean().item()
     assert moved_fp16 < 0.2 and moved_fp32 > 0.9, (moved_fp16, moved_fp32)
+
+
+def _trainer_ddp_worker(worker_rank, port, out_dir):
+    import os
+
+    import torch.distributed as dist
+
+    from petvr.training.distributed import init_distributed_from_env
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(worker_rank),
+                      LOCAL_RANK=str(worker_rank), WORLD_SIZE="2")
+    init_distributed_from_env()
+    try:
+        trainer = make_trainer(Path(out_dir) / f"rank{worker_rank}", epochs=1, optimizer="adamw")
+        result = trainer.train(stop_after_steps=2)
+        torch.save({"weights": trainer.model.trainable_state_dict(), "losses": [h["loss"] for h in result["history"]]},
+                   Path(out_dir) / f"rank{worker_rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_ddp_training_equals_single_process_on_the_global_batch(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_trainer_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    single = make_trainer(tmp_path / "single", epochs=1, optimizer="adamw")
+    losses = [h["loss"] for h in single.train(stop_after_steps=2)["history"]]
+    for worker_rank in range(2):
+        result = torch.load(tmp_path / f"rank{worker_rank}.pt")
+        torch.testing.assert_close(torch.tensor(result["losses"]), torch.tensor(losses), rtol=1e-5, atol=1e-5)
+        for name, weight in single.model.trainable_state_dict().items():
+            torch.testing.assert_close(result["weights"][name], weight, rtol=1e-4, atol=1e-5, msg=name)
