@@ -198,10 +198,13 @@ def test_param_groups_modern_rule_exempts_norms_embeddings_and_logit_scale():
     assert decayed == {"backbone.visual.transformer.resblocks.0.attn.in_proj_weight", "head.dense.weight"}
 
 
-def test_param_groups_custom_backbone_prefix():
-    groups = build_param_groups(_named([("clip.proj", (2, 2)), ("head.proj", (2, 2))]), lr=1.0, coef_lr=0.5,
-                                weight_decay=0.1, backbone_prefixes=("clip.",))
-    assert _group_of(groups, "clip.proj")["lr"] == 0.5 and _group_of(groups, "head.proj")["lr"] == 1.0
+def test_param_groups_explicit_backbone_names():
+    named = [("backbone.blocks.0.proj", (2, 2)), ("backbone.blocks.0.adapter.down", (2, 2)), ("head.proj", (2, 2))]
+    groups = build_param_groups(_named(named), lr=1.0, coef_lr=0.5, weight_decay=0.1,
+                                backbone_names={"backbone.blocks.0.proj"})
+    assert _group_of(groups, "backbone.blocks.0.proj")["lr"] == 0.5
+    assert _group_of(groups, "backbone.blocks.0.adapter.down")["lr"] == 1.0  # new weights inside the backbone
+    assert _group_of(groups, "head.proj")["lr"] == 1.0
 
 
 def test_build_optimizer_bertadam_and_adamw():

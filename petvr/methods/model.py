@@ -62,6 +62,10 @@ class RetrievalModel(nn.Module):
         """Logits (B, B) of a batch of B (caption, video) pairs."""
         return self.similarity(self.encode_text(token_ids, token_mask), self.encode_video(frames, frame_mask), frame_mask)
 
+    def original_backbone_parameter_names(self) -> set[str]:
+        """Names (in this model) of the backbone's own weights, as opposed to weights a method added."""
+        return {name for name, p in self.named_parameters() if id(p) in self.original_backbone_ids}
+
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Only the trained weights, by name: what an adapter checkpoint holds."""
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}

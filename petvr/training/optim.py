@@ -11,7 +11,7 @@ Every schedule is a multiplier ``f(progress, warmup)`` of the base lr, where ``p
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import torch
@@ -182,13 +182,14 @@ def build_param_groups(
     lr: float,
     coef_lr: float,
     weight_decay: float,
-    backbone_prefixes: tuple[str, ...] = ("backbone.",),
+    backbone_names: Collection[str] | None = None,
     no_decay_norms_and_embeddings: bool = False,
 ) -> list[dict[str, Any]]:
     """Split the trainable parameters into (decay, no decay) x (backbone, new modules) groups.
 
-    Parameters whose name starts with one of ``backbone_prefixes`` get ``lr * coef_lr`` (CLIP4Clip's 1e-7 for CLIP
-    beside 1e-4 for its head); the others get ``lr``. Decay groups get ``weight_decay``, the others 0 (see
+    Backbone parameters get ``lr * coef_lr`` (CLIP4Clip's 1e-7 for CLIP beside 1e-4 for its head); the others get
+    ``lr``. ``backbone_names`` names them exactly (the trainer passes the backbone's original weights, so an adapter
+    wrapped inside a block still counts as new); without it, names starting with ``"backbone."`` are backbone. Decay groups get ``weight_decay``, the others 0 (see
     ``_decays`` for the rule). Parameters with ``requires_grad=False`` are left out, and so are empty groups. Each
     group carries a ``name`` ("backbone/decay", "new/no_decay", ...) for logging.
     """
@@ -198,7 +199,7 @@ def build_param_groups(
     for name, param in named_parameters:
         if not param.requires_grad:
             continue
-        in_backbone = name.startswith(tuple(backbone_prefixes))
+        in_backbone = name in backbone_names if backbone_names is not None else name.startswith("backbone.")
         decays = _decays(name, param, no_decay_norms_and_embeddings)
         key = (in_backbone, decays)
         if key not in groups:
@@ -252,7 +253,7 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.98),
     eps: float = 1e-6,
     max_grad_norm: float = 1.0,
-    backbone_prefixes: tuple[str, ...] = ("backbone.",),
+    backbone_names: Collection[str] | None = None,
     no_decay_norms_and_embeddings: bool = False,
 ) -> tuple[Optimizer, LambdaLR | None]:
     """The optimizer (and, for AdamW, its scheduler) of a recipe.
@@ -263,7 +264,7 @@ def build_optimizer(
     clip of the training loop is the trainer's job, for both. The schedule defaults to ``warmup_cosine`` for
     BertAdam and ``cosine_with_warmup`` for AdamW. Returns ``(optimizer, scheduler_or_None)``.
     """
-    groups = build_param_groups(named_parameters, lr, coef_lr, weight_decay, backbone_prefixes,
+    groups = build_param_groups(named_parameters, lr, coef_lr, weight_decay, backbone_names,
                                 no_decay_norms_and_embeddings)
     if not groups:
         raise ValueError("no trainable parameters: every parameter has requires_grad=False")

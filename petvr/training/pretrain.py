@@ -87,7 +87,7 @@ def pretrain(config: PretrainConfig, output_dir: str | Path = ASSETS, command: s
                         num_workers=config.num_workers, drop_last=True)
     optimizer, scheduler = build_optimizer("adamw", model.named_parameters(), lr=config.lr, total_steps=config.steps,
                                            weight_decay=config.weight_decay, warmup=config.warmup,
-                                           backbone_prefixes=(), no_decay_norms_and_embeddings=True)
+                                           backbone_names=(), no_decay_norms_and_embeddings=True)
     started = time.time()
     progress = tqdm(loader, total=config.steps, desc="pretrain petvr-tiny", unit="step")
     for step, (images, token_ids) in enumerate(progress):

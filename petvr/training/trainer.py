@@ -133,6 +133,7 @@ class Trainer:
             config.optimizer, self.model.named_parameters(), lr=config.lr, total_steps=self.total_steps,
             coef_lr=config.coef_lr, weight_decay=config.weight_decay, warmup=config.warmup, schedule=config.schedule,
             betas=config.betas, eps=config.eps, max_grad_norm=config.max_grad_norm,
+            backbone_names=self.model.original_backbone_parameter_names(),
             no_decay_norms_and_embeddings=config.no_decay_norms_and_embeddings)
         self.step = 0
         self.history: list[dict] = []
