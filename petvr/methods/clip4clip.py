@@ -8,6 +8,8 @@ Code vs paper: we follow the public code (reference §1.1-1.3). ``linear_patch="
 with a Conv3d over neighbouring frames initialised by central inflation (identical to 2d at initialisation). In the
 public code a bug makes ``freeze_layer_num`` ignored with 3d (everything trains); we train what the code intended
 (the blocks from ``freeze_layer_num`` plus the new Conv3d), and ``reproduce_3d_freeze_bug=True`` restores the bug.
+The Conv3d is a new weight, so it trains at the full ``lr``; in the public code it sits under ``clip.`` and gets
+``lr * coef_lr``.
 """
 from __future__ import annotations
 
