@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .atomic import atomic_write, atomic_write_folder
+from .atomic import atomic_write_folder
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
@@ -76,14 +75,14 @@ def _resolve_adapter_folder(folder: Path) -> Path:
     raise FileNotFoundError(f"{folder}: no {ADAPTER_CONFIG} here; an adapter folder holds {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG}")
 
 
-def load_adapter(folder: str | Path, backbone=None, check_backbone: bool = True):
-    """Rebuild a ``RetrievalModel`` from an adapter folder.
+def load_adapter(folder: str | Path, backbone=None, check_backbone: bool = True, device: str | None = None):
+    """Rebuild a ``RetrievalModel`` from an adapter folder; returns ``(model, description)``.
 
     Without ``backbone`` the backbone named in ``adapter.json`` is loaded (from the checkpoint its recipe names, if
-    any, else looked up by name). The backbone's weight hash must match the
-    one the adapter was trained on, unless ``check_backbone=False``.
+    any, else looked up by name). The backbone's weight hash must match the one the adapter was trained on, unless
+    ``check_backbone=False``.
     """
-    from .backbone.checkpoints import backbone_weight_hash, load_backbone
+    from .backbone.checkpoints import load_backbone
     from .methods import RetrievalModel
 
     folder = _resolve_adapter_folder(Path(folder))
@@ -92,23 +91,16 @@ def load_adapter(folder: str | Path, backbone=None, check_backbone: bool = True)
     if backbone is None:
         recorded = description.get("recipe", {}).get("backbone", {}).get("checkpoint") or None
         backbone = load_backbone(expected["name"], recorded)
-    if check_backbone:
-        found = backbone_weight_hash(backbone)
-        if found != expected.get("weight_hash"):
-            raise ValueError(
-                f"{folder}: this adapter was trained on backbone {expected.get('name')!r} with weight hash "
-                f"{expected.get('weight_hash')}, but the given backbone has hash {found}; load the backbone it was "
-                "trained on (or pass check_backbone=False if you know what you are doing)")
     model = RetrievalModel(backbone, description["method"], **description["method_config"])
+    if check_backbone and model.backbone_hash != expected.get("weight_hash"):
+        raise ValueError(
+            f"{folder}: this adapter was trained on backbone {expected.get('name')!r} with weight hash "
+            f"{expected.get('weight_hash')}, but the given backbone has hash {model.backbone_hash}; load the backbone "
+            "it was trained on (or pass check_backbone=False if you know what you are doing)")
     weights_path = folder / ADAPTER_WEIGHTS
     try:
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError) as error:
         raise ValueError(f"{weights_path}: cannot read adapter weights ({error})") from error
     model.load_trainable_state_dict(weights, source=str(weights_path))
-    return model, description
-
-
-def save_training_state(path: str | Path, state: dict) -> Path:
-    """Optimizer, scheduler, RNG and progress for resuming, written atomically with ``torch.save``."""
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return (model.to(device) if device else model), description

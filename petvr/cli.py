@@ -31,14 +31,14 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from .evaluation.metrics import format_metrics_table
     from .training.recipe import apply_override, load_recipe, make_evaluator
 
-    model, description = load_adapter(args.checkpoint)
+    model, description = load_adapter(args.checkpoint, device=args.device)
     recipe = load_recipe(args.recipe, args.set) if args.recipe else description.get("recipe") or {}
     if not args.recipe:
         for assignment in args.set:
             apply_override(recipe, assignment)
     if "data" not in recipe:
         raise SystemExit(f"{args.checkpoint}: the adapter records no recipe; pass --recipe RECIPE to say what to evaluate on")
-    metrics = make_evaluator(recipe, model, "cpu")(model)
+    metrics = make_evaluator(recipe, model, args.device)(model)
     print(format_metrics_table(metrics))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))
@@ -85,6 +85,12 @@ def _cmd_methods(args: argparse.Namespace) -> None:
         print(f"{name}: {options}")
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petvr", description="Parameter-efficient text-video retrieval on CLIP.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--recipe", help="evaluate on this recipe's test split (default: the adapter's own)")
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--device", default="cuda" if _cuda() else "cpu")
     evaluate.set_defaults(run=_cmd_eval)
 
     demo = commands.add_parser("demo", help="zero-shot vs trained on the synthetic world, end to end")

@@ -15,12 +15,12 @@ import torch
 
 from .backbone.checkpoints import load_backbone
 from .backbone.tokenizer import Tokenizer
+from .checkpoint import load_adapter
 from .data.dataset import FrameSource, VideoDataset
-from .data.readers import read_dataset
 from .data.synthetic import generate_world
-from .evaluation.evaluate import encode_captions, encode_videos, evaluate_split, similarity_matrix
+from .evaluation.evaluate import encode_captions, encode_videos, similarity_matrix
 from .methods import RetrievalModel
-from .training.recipe import load_recipe, run_recipe, sampling_config
+from .training.recipe import load_recipe, make_evaluator, read_split, run_recipe, sampling_config
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "synthetic" / "clip4clip_meanP.toml"
 COLLECTION = "studio"
@@ -35,46 +35,41 @@ def run_demo(workdir: Path, epochs: int = 5) -> dict:
     started = time.time()
     torch.manual_seed(0)
     world = generate_world(workdir / "world", size="small")
-    recipe = load_recipe(RECIPE, [f"train.epochs={epochs}"])
-    recipe["data"]["root"] = str(world.root / COLLECTION)
-    recipe["data"]["cache_dir"] = str(workdir / "cache")
-    tokenizer = Tokenizer(recipe["data"]["max_words"])
+    recipe = load_recipe(RECIPE, [f"train.epochs={epochs}", f"data.root=\"{world.root / COLLECTION}\"",
+                                  f"data.cache_dir=\"{workdir / 'cache'}\""])
+    temporal = copy.deepcopy(recipe)  # the hard split: every video beside its time reversal
+    temporal["data"]["test"] = {"annotation_dir": "temporal", "video_dir": "temporal/videos", "split": "test"}
     backbone_name = recipe["backbone"]["name"]
 
-    test = read_dataset("msrvtt", annotation_dir=world.dataset(COLLECTION, "msrvtt"),
-                        video_dir=world.dataset(COLLECTION, "msrvtt") / "videos", split="test")
-    temporal = read_dataset("msrvtt", annotation_dir=world.dataset(COLLECTION, "temporal"),
-                            video_dir=world.dataset(COLLECTION, "temporal") / "videos", split="test")
     zero_shot = RetrievalModel(load_backbone(backbone_name), "zero_shot")
-    frames = FrameSource(sampling_config(recipe, zero_shot.backbone, train=False), recipe["data"]["cache_dir"])
-
-    def evaluate(model) -> dict:
-        return {"test": evaluate_split(model, test, frames, tokenizer, batch_size=64),
-                "temporal": evaluate_split(model, temporal, frames, tokenizer, batch_size=64)}
-
+    evaluators = {"test": make_evaluator(recipe, zero_shot, "cpu"), "temporal": make_evaluator(temporal, zero_shot, "cpu")}
     print(f"zero-shot evaluation of {backbone_name} on the synthetic '{COLLECTION}' collection")
-    before = evaluate(zero_shot)
-    result = run_recipe(copy.deepcopy(recipe), workdir / "runs" / f"{COLLECTION}-clip4clip-meanP", resume=False)
-    from .checkpoint import load_adapter
-
+    before = {split: evaluate(zero_shot) for split, evaluate in evaluators.items()}
+    result = run_recipe(recipe, workdir / "runs" / f"{COLLECTION}-clip4clip-meanP", resume=False)
     trained, _ = load_adapter(result["adapter"], backbone=load_backbone(backbone_name))
-    after = evaluate(trained)
+    after = {split: evaluate(trained) for split, evaluate in evaluators.items()}
 
     print(f"\n{trained.format_parameter_report()}")
-    header = f"{'model / split':<34}" + "".join(f"{d + ' ' + k:>9}" for d in ("t2v", "v2t") for k in ("R@1", "R@5", "MnR"))
-    print(header)
-    for split in ("test", "temporal"):
+    print(f"{'model / split':<34}" + "".join(f"{d + ' ' + k:>9}" for d in ("t2v", "v2t") for k in ("R@1", "R@5", "MnR")))
+    for split in evaluators:
         print(_row(f"zero-shot        / {split}", before[split]))
         print(_row(f"clip4clip meanP  / {split}", after[split]))
     print(f"adapter saved to {result['adapter']}")
+    _answer_queries(trained, recipe)
+    print(f"\ndemo finished in {time.time() - started:.0f} s")
+    return {"before": before, "after": after, "adapter": result["adapter"]}
 
-    video_embeddings, video_mask = encode_videos(trained, VideoDataset(test.videos, frames), batch_size=64, progress=False)
-    scores = similarity_matrix(trained, encode_captions(trained, list(QUERIES), tokenizer, progress=False),
+
+def _answer_queries(model: RetrievalModel, recipe: dict) -> None:
+    """Print the top three test videos (with one of their captions) for each of ``QUERIES``."""
+    test = read_split(recipe, "test")
+    frames = FrameSource(sampling_config(recipe, model.backbone, train=False), recipe["data"]["cache_dir"])
+    tokenizer = Tokenizer(recipe["data"]["max_words"])
+    video_embeddings, video_mask = encode_videos(model, VideoDataset(test.videos, frames), batch_size=64, progress=False)
+    scores = similarity_matrix(model, encode_captions(model, list(QUERIES), tokenizer, progress=False),
                                video_embeddings, video_mask, progress=False)
     for query, row in zip(QUERIES, scores):
         print(f"\nquery: {query!r}")
         for rank, index in enumerate(row.topk(3).indices.tolist(), 1):
             video = test.videos[index]
             print(f"  {rank}. {video.video_id}: {video.captions[0]}")
-    print(f"\ndemo finished in {time.time() - started:.0f} s")
-    return {"before": before, "after": after, "adapter": result["adapter"]}

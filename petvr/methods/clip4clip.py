@@ -54,7 +54,7 @@ class TemporalPatchEmbedding(nn.Module):
     def forward(self, images: Tensor, context: TowerContext) -> Tensor:
         batch_frames, channels, height, width = images.shape
         video = images.view(context.batch_size, context.num_frames, channels, height, width).transpose(1, 2)
-        patches = self.conv2(video)  # (B, W, T, h, w)
+        patches = self.conv2(video.to(self.conv2.weight.dtype))  # (B, W, T, h, w)
         return patches.transpose(1, 2).flatten(0, 1)
 
 

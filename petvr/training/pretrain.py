@@ -6,6 +6,7 @@ the synthetic image-caption stream. It is a stand-in for OpenAI's CLIP (no real 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import time
@@ -14,13 +15,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..backbone import create_backbone
+from ..backbone.checkpoints import save_backbone
 from ..backbone.tokenizer import Tokenizer
-from ..atomic import atomic_write, atomic_write_json
+from ..atomic import atomic_write_json
 from ..data.synthetic import SyntheticImageCaptions
 from ..data.video import normalize
 from ..evaluation.metrics import retrieval_metrics
@@ -108,9 +109,7 @@ def pretrain(config: PretrainConfig, output_dir: str | Path = ASSETS, command: s
     metrics = evaluate_image_text(model, config)
 
     output_dir = Path(output_dir)
-    weights_path = output_dir / f"{config.model}.safetensors"
-    weights = {name: p.detach().to(torch.float16).contiguous() for name, p in model.state_dict().items()}
-    atomic_write(weights_path, lambda tmp: save_file(weights, str(tmp), metadata={"format": "petvr-backbone"}))
+    weights_path = save_backbone(copy.deepcopy(model).half(), output_dir / f"{config.model}.safetensors")  # fp16: half the size
     record = {
         "model": config.model,
         "config": asdict(config),

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..backbone import create_backbone
 from ..backbone.checkpoints import load_backbone
 from ..backbone.tokenizer import Tokenizer
 from ..data.cache import build_cache
@@ -32,11 +33,11 @@ from ..data.video import SamplingConfig
 from ..evaluation.evaluate import evaluate_split
 from ..evaluation.metrics import format_metrics_table
 from ..methods import RetrievalModel
-from .distributed import init_distributed_from_env, is_main_process
+from .distributed import barrier, destroy_distributed, init_distributed_from_env, is_main_process, seed_everything
 from .trainer import TrainConfig, Trainer
 
 DATA_DIR_ENV = "PETVR_DATA_DIR"
-PATH_KEYS = ("annotation_dir", "video_dir", "annotations", "caption_files", "split_file")
+PATH_KEYS = ("annotation_dir", "video_dir", "annotations")  # other file arguments are relative to annotation_dir
 
 
 def _parse_value(text: str) -> Any:
@@ -120,10 +121,14 @@ def read_split(recipe: dict, which: str, sampling: SamplingConfig | None = None,
     ``report_dir/skipped-<which>.jsonl``."""
     data = recipe["data"]
     skip = bool(data.get("skip_unreadable", False))
+    if skip and not data.get("cache_dir"):
+        raise ValueError("data.skip_unreadable finds unreadable videos while filling the frame cache: set data.cache_dir")
     arguments = _reader_arguments(data[which], data_root(recipe))
     split = read_dataset(data["dataset"], **({"skip_unreadable": True} if skip else {}), **arguments)
     if sampling is not None and data.get("cache_dir"):
-        report = build_cache(split.videos, sampling, data["cache_dir"], num_workers=data.get("num_workers", 0),
+        # Every clip the split can ask for: whole videos and, in sentence modes, each caption's own span.
+        clips = list(split.videos) + [pair for pair in split.pairs() if pair.start is not None]
+        report = build_cache(clips, sampling, data["cache_dir"], num_workers=data.get("num_workers", 0),
                              skip_unreadable=skip)
         print(f"frame cache, {which} split: {report.summary().splitlines()[0]}")
         unreadable = {str(Path(item.path).resolve()) for item in report.skipped.items}
@@ -137,11 +142,11 @@ def read_split(recipe: dict, which: str, sampling: SamplingConfig | None = None,
 
 
 def make_evaluator(recipe: dict, model: RetrievalModel, device, progress: bool = True,
-                   report_dir: Path | None = None):
-    """A function ``model -> metrics`` on the recipe's test split (read, and cached, once)."""
+                   split: RetrievalSplit | None = None):
+    """A function ``model -> metrics`` on the recipe's test split (read and cached once, unless given)."""
     data = recipe["data"]
     sampling = sampling_config(recipe, model.backbone, train=False)
-    split = read_split(recipe, "test", sampling, report_dir)
+    split = split if split is not None else read_split(recipe, "test", sampling)
     frames = FrameSource(sampling, data.get("cache_dir") or None)
     tokenizer = Tokenizer(data.get("max_words", 32))
     return lambda m: evaluate_split(m, split, frames, tokenizer, batch_size=data.get("batch_size_val", 16),
@@ -149,28 +154,45 @@ def make_evaluator(recipe: dict, model: RetrievalModel, device, progress: bool =
 
 
 def run_recipe(recipe: dict, output_dir: str | Path | None = None, resume: bool = True) -> dict:
-    """Train and evaluate a recipe; returns the trainer's result with the final metrics."""
+    """Train and evaluate a recipe (one process, or every process of a ``torchrun``); returns the trainer's result.
+
+    The splits are read and their frames cached first (by the main process, the others then find the cache full),
+    then the model is built and trained; the best epoch is chosen on the test split's text-to-video R@1, as
+    CLIP4Clip does (these benchmarks have no separate validation split).
+    """
     recipe = copy.deepcopy(recipe)
     info = init_distributed_from_env()
-    train_table = dict(recipe["train"])
-    output_dir = Path(output_dir or train_table.pop("output_dir", None) or Path("runs") / recipe["name"])
-    train_table.pop("output_dir", None)
-    config = _dataclass_from(train_table, TrainConfig, "train")
-    torch.manual_seed(config.seed)
-    model = build_model(recipe, info.device)
-    data = recipe["data"]
-    sampling = sampling_config(recipe, model.backbone, train=True)
-    train_split = read_split(recipe, "train", sampling, output_dir)
-    samples = train_split.training_samples(data.get("expand_sentences", True), seed=config.seed)
-    frames = FrameSource(sampling, data.get("cache_dir") or None)
-    dataset = CaptionVideoDataset(samples, frames, Tokenizer(data.get("max_words", 32)), seed=config.seed)
-    evaluate = make_evaluator(recipe, model, info.device, report_dir=output_dir)
-    trainer = Trainer(model, dataset, config, output_dir, evaluate=evaluate, recipe=recipe, device=info.device)
-    if is_main_process():
-        print(model.format_parameter_report())
-    if resume and trainer.resume():
-        print(f"resumed from step {trainer.step} in {output_dir}")
-    result = trainer.train()
-    if is_main_process() and trainer.best:
-        print(f"best epoch {trainer.best['epoch']}:\n{format_metrics_table(trainer.best['metrics'])}")
-    return result
+    try:
+        train_table = dict(recipe["train"])
+        output_dir = Path(output_dir or train_table.pop("output_dir", None) or Path("runs") / recipe["name"])
+        train_table.pop("output_dir", None)
+        config = _dataclass_from(train_table, TrainConfig, "train")
+        seed_everything(config.seed)
+        data = recipe["data"]
+        shape_only = create_backbone(recipe["backbone"]["name"], device="meta")
+        train_sampling = sampling_config(recipe, shape_only, train=True)
+        splits = {}
+        for turn in ("main", "others"):  # the main process fills the cache; the others wait, then read it
+            if is_main_process() == (turn == "main"):
+                splits = {which: read_split(recipe, which, train_sampling, output_dir) for which in ("train", "test")}
+            barrier()
+        model = build_model(recipe, info.device)
+        samples = splits["train"].training_samples(data.get("expand_sentences", True), seed=config.seed)
+        frames = FrameSource(train_sampling, data.get("cache_dir") or None)
+        dataset = CaptionVideoDataset(samples, frames, Tokenizer(data.get("max_words", 32)), seed=config.seed)
+        evaluate = make_evaluator(recipe, model, info.device, split=splits["test"])
+        trainer = Trainer(model, dataset, config, output_dir, evaluate=evaluate, recipe=recipe, device=info.device,
+                          num_workers=data.get("num_workers", 0))
+        if is_main_process():
+            print(model.format_parameter_report())
+        if not resume:
+            trainer.start_fresh()
+        elif trainer.resume():
+            print(f"resumed from step {trainer.step} in {output_dir}")
+        result = trainer.train()
+        if is_main_process() and trainer.best:
+            print(f"best epoch {trainer.best['epoch']} (chosen on the test split):\n"
+                  f"{format_metrics_table(trainer.best['metrics'])}")
+        return result
+    finally:
+        destroy_distributed()

@@ -26,11 +26,12 @@ from tqdm import tqdm
 from ..backbone.blocks import cast_matrix_weights
 from ..atomic import atomic_write_folder, atomic_write_json
 from ..checkpoint import save_adapter, write_adapter_files
-from .distributed import all_gather_with_grad, is_main_process, rank, world_size
+from .distributed import all_gather_with_grad, barrier, is_main_process, rank, world_size
 from .losses import symmetric_infonce
 from .optim import build_optimizer
 
 TRAINING_STATE = "training_state.pt"
+RESUMABLE_CHANGES = ("checkpoint_every_steps", "keep_checkpoints")  # may change between stop and resume
 PRECISIONS = ("fp32", "bf16", "fp16-weights")
 
 
@@ -58,7 +59,6 @@ class TrainConfig:
     precision: str = "fp32"
     max_logit_scale: float = 100.0
     seed: int = 42
-    num_workers: int = 0
     checkpoint_every_steps: int = 0  # 0: at the end of every epoch
     keep_checkpoints: int = 2
 
@@ -66,9 +66,15 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
         if self.batch_size % self.gradient_accumulation_steps:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by gradient_accumulation_steps "
                              f"{self.gradient_accumulation_steps}")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 class ContrastiveObjective(nn.Module):
@@ -101,10 +107,10 @@ class Trainer:
 
     def __init__(self, model: nn.Module, dataset: Dataset, config: TrainConfig, run_dir: str | Path,
                  evaluate: Callable[[nn.Module], dict] | None = None, recipe: dict | None = None,
-                 device: torch.device | str = "cpu", selection_metric: str = "t2v/R@1"):
+                 device: torch.device | str = "cpu", selection_metric: str = "t2v/R@1", num_workers: int = 0):
         self.model = model.to(device)
-        if config.precision == "fp16-weights":
-            cast_matrix_weights(model.backbone, torch.float16, only=model.original_backbone_ids)
+        if config.precision == "fp16-weights":  # as CLIP4Clip: the backbone (and what a method put in it), not heads
+            cast_matrix_weights(model.backbone, torch.float16)
         self.dataset = dataset
         self.config = config
         self.run_dir = Path(run_dir)
@@ -112,6 +118,7 @@ class Trainer:
         self.recipe = recipe or {}
         self.device = torch.device(device)
         self.selection_metric = selection_metric
+        self.num_workers = num_workers
         self.world = world_size()
         per_step = config.batch_size // self.world
         if per_step * self.world != config.batch_size or per_step % config.gradient_accumulation_steps:
@@ -152,34 +159,35 @@ class Trainer:
     def _loader(self, epoch: int, first_step: int) -> DataLoader:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
+        # Its own generator: creating the iterator then draws nothing from the global RNG, which resume restores.
         return DataLoader(self.dataset, batch_sampler=self._epoch_batches(epoch, first_step),
-                          num_workers=self.config.num_workers, collate_fn=collate_samples)
+                          num_workers=self.num_workers, collate_fn=collate_samples,
+                          generator=torch.Generator().manual_seed(self.config.seed + epoch))
 
     def _trainable(self) -> list[Tensor]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def train(self, stop_after_steps: int | None = None) -> dict:
-        """Run to the end of the last epoch (or stop once ``self.step == stop_after_steps``, checkpointing first)."""
+        """Run to the end of the last epoch, or stop (with a checkpoint) once ``self.step == stop_after_steps``.
+
+        An epoch's end is evaluated and checkpointed before any stop, so a resumed run never misses an evaluation.
+        """
         config = self.config
         self.model.train()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
         start_epoch, start_step = divmod(self.step, self.steps_per_epoch)
         for epoch in range(start_epoch, config.epochs):
             first = start_step if epoch == start_epoch else 0
-            loader = self._loader(epoch, first)
             progress = tqdm(total=self.steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}",
                             unit="step", disable=not is_main_process())
-            micro_batches = iter(loader)
+            micro_batches = iter(self._loader(epoch, first))
             for _ in range(first, self.steps_per_epoch):
                 step_loss = 0.0
                 for _ in range(config.gradient_accumulation_steps):
                     batch = next(micro_batches)
                     with autocast:
                         loss = self.objective(*(batch[k].to(self.device) for k in ("token_ids", "token_mask", "frames", "frame_mask")))
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"loss is {loss.item()} at epoch {epoch + 1}, step {self.step + 1}; stopping. Videos in "
-                            f"this batch: {', '.join(map(str, batch['video_id']))}")
+                    self._stop_unless_finite(loss, epoch, batch)
                     (loss / config.gradient_accumulation_steps).backward()
                     step_loss += loss.item() / config.gradient_accumulation_steps
                 if config.clip_grad_norm > 0:
@@ -194,23 +202,39 @@ class Trainer:
                 self.history.append({"step": self.step, "epoch": epoch + 1, "loss": step_loss})
                 progress.update(1)
                 progress.set_postfix(loss=f"{step_loss:.4f}")
-                if config.checkpoint_every_steps and self.step % config.checkpoint_every_steps == 0:
+                if self.step % self.steps_per_epoch == 0:
+                    break  # the epoch's end: evaluated and checkpointed below
+                if self.step == stop_after_steps or (
+                        config.checkpoint_every_steps and self.step % config.checkpoint_every_steps == 0):
                     self.save_checkpoint()
                 if self.step == stop_after_steps:
                     progress.close()
-                    self.save_checkpoint()
                     return {"history": self.history, "best": self.best, "adapter": None}
             progress.close()
-            metrics = self._evaluate_epoch(epoch)
-            if not config.checkpoint_every_steps or self.step % config.checkpoint_every_steps:
-                self.save_checkpoint(metrics)
+            self.save_checkpoint(self._evaluate_epoch(epoch))
+            if self.step == stop_after_steps:
+                return {"history": self.history, "best": self.best, "adapter": None}
         final = self.run_dir / "adapter"
         if is_main_process():
             save_adapter(self.model, final, self.recipe, self.best["metrics"] if self.best else {})
         return {"history": self.history, "best": self.best, "adapter": str(final)}
 
+    def _stop_unless_finite(self, loss: Tensor, epoch: int, batch: dict) -> None:
+        """Raise, naming the batch's videos, when the loss is NaN or infinite on any process."""
+        finite = torch.isfinite(loss.detach()).float()
+        if world_size() > 1:  # pairwise heads compute a local loss: every rank must stop together
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not finite.item():
+            raise FloatingPointError(
+                f"loss is {loss.item()} at epoch {epoch + 1}, step {self.step + 1}; stopping. Videos in this "
+                f"batch on this process: {', '.join(map(str, batch['video_id']))}")
+
     def _evaluate_epoch(self, epoch: int) -> dict:
-        if self.evaluate is None or not is_main_process():
+        """Evaluate on the main process (the others wait at a barrier), keep the best adapter in ``best/``."""
+        if self.evaluate is None:
+            return {}
+        if not is_main_process():
+            barrier()
             return {}
         self.model.eval()
         metrics = self.evaluate(self.model)
@@ -221,6 +245,7 @@ class Trainer:
             self.best = {"epoch": epoch + 1, "step": self.step, "score": score, "metrics": metrics}
             save_adapter(self.model, self.run_dir / "best", self.recipe, metrics)
         self.history.append({"step": self.step, "epoch": epoch + 1, "eval": metrics})
+        barrier()
         return metrics
 
     # -- checkpoints --
@@ -254,6 +279,13 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
         return folder
 
+    def start_fresh(self) -> None:
+        """Forget earlier checkpoints in ``run_dir`` (``--no-resume``), so the new run's are the only ones."""
+        if is_main_process():
+            shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
+            (self.run_dir / "latest.json").unlink(missing_ok=True)
+        barrier()
+
     def resume(self) -> bool:
         """Continue from ``run_dir/latest.json`` if there is one; returns whether it resumed."""
         pointer = self.run_dir / "latest.json"
@@ -264,6 +296,12 @@ class Trainer:
 
         self.model.load_trainable_state_dict(load_file(str(folder / "adapter.safetensors")), source=str(folder))
         state = torch.load(folder / TRAINING_STATE, map_location="cpu", weights_only=False)
+        changed = {key: (value, getattr(self.config, key)) for key, value in state["train_config"].items()
+                   if key not in RESUMABLE_CHANGES and _plain(getattr(self.config, key, None)) != _plain(value)}
+        if changed:
+            details = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+            raise ValueError(f"{folder}: cannot resume with a different training setup ({details}); use another "
+                             "output folder or start over")
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
