@@ -69,10 +69,24 @@ def _cmd_preview(args: argparse.Namespace) -> None:
     from .data.preview import write_contact_sheet
     from .data.video import SamplingConfig
 
-    config = SamplingConfig(max_frames=args.max_frames, feature_framerate=args.fps, subsample=args.subsample,
-                            sampler=args.sampler, image_size=args.image_size)
-    out = args.out or Path(args.video).with_suffix(".preview.png").name
-    print(write_contact_sheet(args.video, config, out, start=args.start, end=args.end))
+    if args.recipe:  # an annotation row: the recipe's reader finds the file and span, its sampling is used
+        from .backbone import create_backbone
+        from .training.recipe import load_recipe, read_split, sampling_config
+
+        recipe = load_recipe(args.recipe, args.set)
+        split = read_split(recipe, args.split)
+        record = next((video for video in split.videos if video.video_id == args.video), None)
+        if record is None:
+            raise SystemExit(f"{args.recipe}: no video {args.video!r} in the {args.split} split "
+                             f"(first ids: {', '.join(v.video_id for v in split.videos[:5])})")
+        config = sampling_config(recipe, create_backbone(recipe["backbone"]["name"], device="meta"), train=False)
+        path, start, end = record.path, record.start, record.end
+    else:
+        config = SamplingConfig(max_frames=args.max_frames, feature_framerate=args.fps, subsample=args.subsample,
+                                sampler=args.sampler, image_size=args.image_size)
+        path, start, end = Path(args.video), args.start, args.end
+    out = args.out or Path(path).with_suffix(".preview.png").name
+    print(write_contact_sheet(path, config, out, start=start, end=end))
 
 
 def _cmd_methods(args: argparse.Namespace) -> None:
@@ -132,8 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     cache.set_defaults(run=_cmd_cache)
 
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
-    preview = data.add_parser("preview", help="PNG contact sheet of the frames the model sees")
+    preview = data.add_parser("preview", help="PNG contact sheet of the frames the model sees",
+                              description="VIDEO is a file, or with --recipe a video id of the recipe's split.")
     preview.add_argument("video")
+    preview.add_argument("--recipe", help="read VIDEO as an annotation row (video id) of this recipe's split")
+    preview.add_argument("--split", default="test", choices=("train", "test"))
+    preview.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     preview.add_argument("--out")
     preview.add_argument("--max-frames", type=int, default=12)
     preview.add_argument("--fps", type=float, default=1.0)

@@ -127,3 +127,17 @@ def test_preview_command_writes_a_contact_sheet(world, tmp_path):
 
     with Image.open(out) as image:
         assert image.width > 4 * 64 - 1 and image.height > 64
+
+
+def test_preview_of_an_annotation_row_uses_the_recipe_sampling(world, tmp_path):
+    out = tmp_path / "row.png"
+    args = ["data", "preview", "video1", "--recipe", str(RECIPE), "--split", "train", "--out", str(out)]
+    for assignment in overrides(world, tmp_path / "run"):
+        args += ["--set", assignment]
+    main(args)
+    from PIL import Image
+
+    with Image.open(out) as image:  # the recipe samples 8 frames at the backbone's 64 px
+        assert image.width >= 6 * 64 and image.height >= 2 * 64
+    with pytest.raises(SystemExit, match="no video 'video999'"):
+        main(args[:2] + ["video999"] + args[3:])
