@@ -3,8 +3,10 @@ splits, measured in one run (the demo's pipeline: generate world, evaluate, trai
 
     python benchmarks/embedded_default.py --workdir /tmp/petvr-bench
 
-The temporal split pairs every video with its time reversal (same frames, reversed order), so a model that averages
-frames is at chance there (R@1 about 50 within each pair, lower over the whole split); meanP is such a model.
+The temporal split pairs every video with its time reversal (the same rendered frames in reverse order), so a model
+that averages frames can barely tell a pair apart: it is limited to about half the pairs over the whole split. meanP
+averages frames; the sampled frames of a video and its twin differ slightly (per-second sampling picks different
+native frames of the reversed clip), so it is near, not exactly at, that bound.
 """
 from __future__ import annotations
 
