@@ -250,16 +250,20 @@ def test_lookup_failure_lists_what_was_tried(checkpoint_folder):
 
 
 def test_petvr_tiny_uses_the_embedded_weights(checkpoint_folder):
-    """With nothing in the checkpoint folder, petvr-tiny falls back to the weights shipped in ``petvr/assets``."""
-    try:
-        embedded = embedded_checkpoint_path()
-    except FileNotFoundError as error:
-        assert "petvr/assets/petvr-tiny.safetensors" in str(error)
-        with pytest.raises(FileNotFoundError, match="petvr/assets/petvr-tiny.safetensors"):
-            load_backbone("petvr-tiny")
-    else:
-        assert load_backbone("petvr-tiny").config == get_model_config("petvr-tiny")
-        assert embedded.name == "petvr-tiny.safetensors"
+    """With nothing in the checkpoint folder, petvr-tiny loads the weights shipped in ``petvr/assets``."""
+    embedded = embedded_checkpoint_path()
+    assert embedded.name == "petvr-tiny.safetensors"
+    model = load_backbone("petvr-tiny")
+    assert model.config == get_model_config("petvr-tiny")
+    assert torch.equal(model.visual.proj, load_backbone(checkpoint=embedded).visual.proj)
+
+
+def test_missing_embedded_weights_name_the_expected_file(checkpoint_folder, monkeypatch):
+    import petvr.backbone.checkpoints as checkpoints
+
+    monkeypatch.setattr(checkpoints, "EMBEDDED_MODEL", "petvr-absent")
+    with pytest.raises(FileNotFoundError, match="petvr/assets/petvr-absent.safetensors"):
+        checkpoints.embedded_checkpoint_path()
 
 
 def test_loading_is_strict_and_float32(tmp_path, openai_state_dict):
