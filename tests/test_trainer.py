@@ -211,3 +211,39 @@ def test_adapter_round_trip_reproduces_the_trained_model(tmp_path):
     with torch.no_grad():
         args = (item["token_ids"][None], item["token_mask"][None], item["frames"][None], item["frame_mask"][None])
         torch.testing.assert_close(reloaded.eval()(*args), trained(*args))
+
+
+def test_gradient_accumulation_steps_on_the_mean_of_its_micro_batch_losses(tmp_path):
+    from petvr.training.optim import build_optimizer
+    from petvr.training.trainer import ContrastiveObjective, collate_samples
+
+    trainer = make_trainer(tmp_path, epochs=1, optimizer="adamw", warmup=0.0, gradient_accumulation_steps=2,
+                           clip_grad_norm=0.0)  # no clipping, so the gradients' scale is compared too
+    torch.manual_seed(0)  # the same initial weights as make_trainer's
+    reference = RetrievalModel(create_backbone("petvr-tiny"), "clip4clip", freeze_layer_num=3)
+    optimizer, _ = build_optimizer("adamw", reference.named_parameters(), lr=1e-3, total_steps=trainer.total_steps,
+                                   coef_lr=1.0, weight_decay=0.2, warmup=0.0,
+                                   backbone_names=reference.original_backbone_parameter_names())
+    objective = ContrastiveObjective(reference)
+    losses = []
+    for indices in trainer._epoch_batches(0, 0)[:2]:  # the two micro-batches of the first step (4 samples each)
+        batch = collate_samples([trainer.dataset[i] for i in indices])
+        losses.append(objective(batch["token_ids"], batch["token_mask"], batch["frames"], batch["frame_mask"]))
+    ((losses[0] + losses[1]) / 2).backward()
+    expected_grads = {name: p.grad.clone() for name, p in reference.named_parameters() if p.requires_grad}
+    optimizer.step()
+
+    seen_grads = {}
+    original_step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen_grads.update({name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.requires_grad})
+        return original_step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    result = trainer.train(stop_after_steps=1)
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(seen_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert result["history"][0]["loss"] == pytest.approx((losses[0].item() + losses[1].item()) / 2, rel=1e-5)
+    for name, weight in reference.trainable_state_dict().items():
+        torch.testing.assert_close(trainer.model.trainable_state_dict()[name], weight, rtol=1e-5, atol=1e-6, msg=name)
