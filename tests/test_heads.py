@@ -208,3 +208,29 @@ def test_gradients_reach_head_parameters(tiny_backbone, width, name):
             assert parameter.grad is None  # kept only for CLIP4Clip's layout
             continue
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, parameter_name
+
+
+def test_seq_transformer_matches_clip4clip_computed_with_open_clip_blocks(tiny_backbone, width):
+    """Independent reference: CLIP4Clip's seqTransf written with open_clip's Transformer (nn.MultiheadAttention
+    blocks) and CLIP4Clip's additive -1e6 key mask, fed the head's weights."""
+    from open_clip.transformer import QuickGELU, Transformer
+
+    torch.manual_seed(3)
+    head = tiny_head("seqTransf", tiny_backbone)
+    config = tiny_backbone.config.text
+    for block in head.transformer.resblocks:  # non-zero LayerNorm biases, so a mix-up of weights would show
+        block.ln_1.bias.data.normal_(std=0.1)
+    reference = Transformer(width, 4, config.heads, act_layer=QuickGELU, batch_first=True)
+    reference.load_state_dict(head.transformer.state_dict())
+
+    frames = torch.randn(3, 5, width)
+    frame_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        x = frames + head.frame_position_embeddings.weight[:5]
+        additive = (1.0 - frame_mask.float())[:, None, :] * -1e6  # (N, 1, T) -> every query row
+        attn_mask = additive.expand(-1, 5, -1).repeat_interleave(config.heads, dim=0)  # (N * heads, T, T)
+        x = reference(x, attn_mask=attn_mask) + frames
+        x = F.normalize(x, dim=-1) * frame_mask[..., None]
+        expected = F.normalize(x.sum(1) / frame_mask.sum(1, keepdim=True), dim=-1)
+        pooled = head.pool_video(frames, frame_mask)
+    torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=1e-5)

@@ -6,6 +6,7 @@ nothing, the rank is 0 and the world size 1. So the trainer has one code path.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -118,7 +119,9 @@ def init_distributed_from_env() -> DistributedInfo:
     if use_cuda:
         torch.cuda.set_device(device)
     if not is_distributed():
-        dist.init_process_group(backend=backend, init_method="env://")
+        # Rank 0 evaluates alone while the others wait at a barrier: allow long evaluations (default 2 hours).
+        timeout = timedelta(minutes=float(os.environ.get("PETVR_DIST_TIMEOUT_MIN", "120")))
+        dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
     return DistributedInfo(dist.get_rank(), local_rank, dist.get_world_size(), device, backend)
 
 
