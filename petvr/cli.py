@@ -126,11 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_cmd_train)
 
     evaluate = commands.add_parser("eval", help="evaluate an adapter folder")
-    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("checkpoint", help="an adapter folder (adapter.safetensors + adapter.json)")
     evaluate.add_argument("--recipe", help="evaluate on this recipe's test split (default: the adapter's own)")
-    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a key of that recipe, e.g. data.batch_size_val=32")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
-    evaluate.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    evaluate.add_argument("--device", default="cuda" if _cuda() else "cpu", help="default: cuda when available")
     evaluate.set_defaults(run=_cmd_eval)
 
     demo = commands.add_parser("demo", help="zero-shot vs trained on the synthetic world, end to end")
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--recipe", help="read VIDEO as an annotation row (video id) of this recipe's split")
     preview.add_argument("--split", default="test", choices=("train", "test"))
     preview.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    preview.add_argument("--out")
+    preview.add_argument("--out", help="PNG to write (default: <video name>.preview.png here)")
     preview.add_argument("--max-frames", type=int, default=12)
     preview.add_argument("--fps", type=float, default=1.0)
     preview.add_argument("--subsample", default="uniform", choices=("uniform", "head", "tail"))
@@ -168,8 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run a command; bad input (a missing file, a malformed annotation, a wrong option) ends with its message."""
+    from .data.errors import DataError
+
     args = build_parser().parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except (DataError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"petvr: error: {error}") from error
 
 
 if __name__ == "__main__":

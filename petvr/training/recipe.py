@@ -95,6 +95,17 @@ def _reader_arguments(table: dict, root: Path) -> dict:
     return arguments
 
 
+def with_absolute_paths(recipe: dict) -> dict:
+    """A copy with ``data.root``, ``data.cache_dir`` and ``backbone.checkpoint`` made absolute."""
+    recipe = copy.deepcopy(recipe)
+    recipe["data"]["root"] = str(data_root(recipe).resolve())
+    if recipe["data"].get("cache_dir"):
+        recipe["data"]["cache_dir"] = str(Path(recipe["data"]["cache_dir"]).expanduser().resolve())
+    if recipe["backbone"].get("checkpoint"):
+        recipe["backbone"]["checkpoint"] = str(Path(recipe["backbone"]["checkpoint"]).expanduser().resolve())
+    return recipe
+
+
 def data_root(recipe: dict) -> Path:
     return Path(recipe["data"].get("root") or os.environ.get(DATA_DIR_ENV) or "data").expanduser()
 
@@ -130,7 +141,8 @@ def read_split(recipe: dict, which: str, sampling: SamplingConfig | None = None,
         clips = list(split.videos) + [pair for pair in split.pairs() if pair.start is not None]
         report = build_cache(clips, sampling, data["cache_dir"], num_workers=data.get("num_workers", 0),
                              skip_unreadable=skip)
-        print(f"frame cache, {which} split: {report.summary().splitlines()[0]}")
+        print(f"frame cache, {which} split ({data[which].get('annotation_dir', data['dataset'])}): "
+              f"{report.summary().splitlines()[0]}")
         unreadable = {str(Path(item.path).resolve()) for item in report.skipped.items}
         split.videos = [video for video in split.videos if str(Path(video.path).resolve()) not in unreadable]
         split.skipped.items.extend(report.skipped.items)
@@ -160,7 +172,7 @@ def run_recipe(recipe: dict, output_dir: str | Path | None = None, resume: bool 
     then the model is built and trained; the best epoch is chosen on the test split's text-to-video R@1, as
     CLIP4Clip does (these benchmarks have no separate validation split).
     """
-    recipe = copy.deepcopy(recipe)
+    recipe = with_absolute_paths(recipe)  # the copy kept in adapter.json must work from any directory
     info = init_distributed_from_env()
     try:
         train_table = dict(recipe["train"])

@@ -145,6 +145,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.best: dict | None = None
+        self.last_metrics: dict = {}
 
     # -- data order: a permutation per epoch from (seed, epoch); rank r takes its slice of every global batch --
     def _epoch_batches(self, epoch: int, first_step: int) -> list[list[int]]:
@@ -211,12 +212,13 @@ class Trainer:
                     progress.close()
                     return {"history": self.history, "best": self.best, "adapter": None}
             progress.close()
-            self.save_checkpoint(self._evaluate_epoch(epoch))
+            self.last_metrics = self._evaluate_epoch(epoch)
+            self.save_checkpoint(self.last_metrics)
             if self.step == stop_after_steps:
                 return {"history": self.history, "best": self.best, "adapter": None}
-        final = self.run_dir / "adapter"
+        final = self.run_dir / "adapter"  # the last epoch's weights with the last epoch's metrics; best/ holds the best
         if is_main_process():
-            save_adapter(self.model, final, self.recipe, self.best["metrics"] if self.best else {})
+            save_adapter(self.model, final, self.recipe, self.last_metrics)
         return {"history": self.history, "best": self.best, "adapter": str(final)}
 
     def _stop_unless_finite(self, loss: Tensor, epoch: int, batch: dict) -> None:
@@ -258,6 +260,7 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "history": self.history,
             "best": self.best,
+            "last_metrics": self.last_metrics,
             "train_config": asdict(self.config),
         }
 
@@ -311,4 +314,5 @@ class Trainer:
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.step, self.history, self.best = state["step"], state["history"], state["best"]
+        self.last_metrics = state["last_metrics"]
         return True
