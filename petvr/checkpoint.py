@@ -97,10 +97,15 @@ def load_adapter(folder: str | Path, backbone=None, check_backbone: bool = True,
             f"{folder}: this adapter was trained on backbone {expected.get('name')!r} with weight hash "
             f"{expected.get('weight_hash')}, but the given backbone has hash {model.backbone_hash}; load the backbone "
             "it was trained on (or pass check_backbone=False if you know what you are doing)")
-    weights_path = folder / ADAPTER_WEIGHTS
+    load_adapter_weights(model, folder)
+    return (model.to(device) if device else model), description
+
+
+def load_adapter_weights(model, folder: str | Path) -> None:
+    """Copy ``folder/adapter.safetensors`` into ``model``'s trainable weights (names and shapes must match)."""
+    weights_path = Path(folder) / ADAPTER_WEIGHTS
     try:
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError) as error:
         raise ValueError(f"{weights_path}: cannot read adapter weights ({error})") from error
     model.load_trainable_state_dict(weights, source=str(weights_path))
-    return (model.to(device) if device else model), description

@@ -79,12 +79,12 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
     return recipe
 
 
-def _dataclass_from(table: dict, cls: type, where: str, ignore: tuple[str, ...] = ()):
+def _dataclass_from(table: dict, cls: type, where: str):
     known = {f.name for f in fields(cls)}
-    unknown = sorted(set(table) - known - set(ignore))
+    unknown = sorted(set(table) - known)
     if unknown:
-        raise ValueError(f"[{where}] has unknown key(s) {unknown}; known: {sorted(known | set(ignore))}")
-    return cls(**{k: v for k, v in table.items() if k in known})
+        raise ValueError(f"[{where}] has unknown key(s) {unknown}; known: {sorted(known)}")
+    return cls(**table)
 
 
 def _reader_arguments(table: dict, root: Path) -> dict:

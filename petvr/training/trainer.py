@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..backbone.blocks import cast_matrix_weights
 from ..atomic import atomic_write_folder, atomic_write_json
-from ..checkpoint import save_adapter, write_adapter_files
+from ..checkpoint import load_adapter_weights, save_adapter, write_adapter_files
 from .distributed import all_gather_with_grad, barrier, is_main_process, rank, world_size
 from .losses import symmetric_infonce
 from .optim import build_optimizer
@@ -295,9 +295,6 @@ class Trainer:
         if not pointer.exists():
             return False
         folder = self.run_dir / "checkpoints" / json.loads(pointer.read_text())["checkpoint"]
-        from safetensors.torch import load_file
-
-        self.model.load_trainable_state_dict(load_file(str(folder / "adapter.safetensors")), source=str(folder))
         state = torch.load(folder / TRAINING_STATE, map_location="cpu", weights_only=False)
         changed = {key: (value, getattr(self.config, key)) for key, value in state["train_config"].items()
                    if key not in RESUMABLE_CHANGES and _plain(getattr(self.config, key, None)) != _plain(value)}
@@ -305,6 +302,7 @@ class Trainer:
             details = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
             raise ValueError(f"{folder}: cannot resume with a different training setup ({details}); use another "
                              "output folder or start over")
+        load_adapter_weights(self.model, folder)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
