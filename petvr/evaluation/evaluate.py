@@ -68,7 +68,6 @@ def evaluate_split(model: nn.Module, split: RetrievalSplit, frames: FrameSource,
     frame_embeddings, frame_mask = encode_videos(model, VideoDataset(split.videos, frames), batch_size, num_workers,
                                                  device, progress)
     similarity = similarity_matrix(model, text, frame_embeddings, frame_mask, progress=progress)
-    square = len(captions) == len(split.videos) and torch.equal(caption_to_video, torch.arange(len(captions)))
-    metrics = retrieval_metrics(similarity, None if square else caption_to_video)
+    metrics = retrieval_metrics(similarity, caption_to_video)  # one caption per video reduces to the square case
     model.train(was_training)
     return metrics
