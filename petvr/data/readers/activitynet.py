@@ -13,10 +13,11 @@ Ids carry a ``v_`` prefix that the video files may or may not have: both names a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from petvr.data.errors import DataError
-from petvr.data.readers.common import (Problems, VideoIndex, caption_text, expect_type, get_key, load_json, seconds,
-                                       time_span)
+from petvr.data.readers.common import (
+    Problems, VideoIndex, caption_text, expect_type, get_key, load_json, read_entries, seconds, time_span)
 from petvr.data.records import RetrievalSplit, VideoRecord
 
 SPLIT_FILES = {"train": ("train.json", "train_ids.json"), "val": ("val_1.json", "val_ids.json")}
@@ -67,16 +68,13 @@ def _record(video_id: str, path: Path, entry: object, split: str, mode: str, cap
                                  '"timestamps"', video_id)
         if len(sentences) != len(timestamps):
             raise DataError(captions_path, f"{len(sentences)} sentences but {len(timestamps)} timestamps", video_id)
-    captions, spans = [], []
-    for number, sentence in enumerate(sentences):
+    def read_sentence(number: int, sentence: Any) -> tuple[str, tuple[float, float] | None]:
         row = f"{video_id} sentence {number}"
-        with problems.item():
-            caption = caption_text(sentence, captions_path, row)
-            if timestamps is not None:
-                spans.append(time_span(timestamps[number], captions_path, row, duration))
-            captions.append(caption)
-    if not captions:
-        raise DataError(captions_path, "no readable sentences", video_id)
+        caption = caption_text(sentence, captions_path, row)
+        return caption, None if timestamps is None else time_span(timestamps[number], captions_path, row, duration)
+
+    captions, spans = map(list, zip(*read_entries(sentences, read_sentence, problems, captions_path, video_id,
+                                                  "sentences")))
     if mode == "paragraph":
         return VideoRecord(video_id, path, split, [" ".join(captions)], start=0.0, end=duration, duration=duration)
     return VideoRecord(video_id, path, split, captions, caption_times=spans, duration=duration)

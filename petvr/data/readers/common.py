@@ -45,6 +45,21 @@ class Problems:
             self.report.add(error)
 
 
+def read_entries(entries: list, read_one, problems: Problems, path: str | Path, row: int | str, what: str) -> list:
+    """``read_one(number, entry)`` for every entry of one video, each guarded by ``problems``; the readable results.
+
+    A video left with none raises ``DataError(path, "no readable <what>", row)`` (recorded under ``skip_unreadable``
+    when the caller guards the video too).
+    """
+    results = []
+    for number, entry in enumerate(entries):
+        with problems.item():
+            results.append(read_one(number, entry))
+    if not results:
+        raise DataError(path, f"no readable {what}", row)
+    return results
+
+
 def require_file(path: str | Path, what: str = "annotation file") -> Path:
     path = Path(path)
     if not path.is_file():

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from petvr.data.errors import DataError
-from petvr.data.readers.common import Problems, VideoIndex, caption_text, expect_type, read_id_list, require_file
+from petvr.data.readers.common import (
+    Problems, VideoIndex, caption_text, expect_type, read_entries, read_id_list, require_file)
 from petvr.data.records import RetrievalSplit, VideoRecord
 
 CAPTIONS_PICKLE = "raw-captions.pkl"
@@ -71,12 +72,8 @@ def read_msvd(annotation_dir: str | Path, video_dir: str | Path, split: str = "t
                 raise DataError(list_path, f"video {video_id!r} has no captions in {pickle_path.name}", line)
             path = videos.lookup((video_id,), list_path, line)
             entries = expect_type(all_captions[video_id], (list, tuple), pickle_path, "captions", video_id)
-            captions = []
-            for number, entry in enumerate(entries):
-                with problems.item():
-                    captions.append(_caption(entry, pickle_path, f"{video_id}[{number}]"))
-            if not captions:
-                raise DataError(pickle_path, "no readable captions", video_id)
+            captions = read_entries(entries, lambda number, entry: _caption(entry, pickle_path, f"{video_id}[{number}]"),
+                                    problems, pickle_path, video_id, "captions")
             records.append(VideoRecord(video_id, path, split, captions))
     return RetrievalSplit("msvd", split, records, problems.report)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from petvr.data.errors import DataError
-from petvr.data.readers.common import (Problems, VideoIndex, caption_text, expect_type, get_key, load_json,
-                                       read_id_list)
+from petvr.data.readers.common import (
+    Problems, VideoIndex, caption_text, expect_type, get_key, load_json, read_entries, read_id_list)
 from petvr.data.records import RetrievalSplit, VideoRecord
 
 DEFAULT_CAPTION_FILES = {
@@ -53,12 +53,8 @@ def read_vatex(annotation_dir: str | Path, video_dir: str | Path, split: str = "
             path = videos.lookup((video_id,), list_path, line)
             source, row, entry = raw_captions[video_id]
             entries = expect_type(get_key(entry, "enCap", source, row), list, source, '"enCap"', row)
-            captions = []
-            for number, entry in enumerate(entries):
-                with problems.item():
-                    captions.append(caption_text(entry, source, f"{row} caption {number}"))
-            if not captions:
-                raise DataError(source, "no readable English captions", row)
+            captions = read_entries(entries, lambda number, text: caption_text(text, source, f"{row} caption {number}"),
+                                    problems, source, row, "English captions")
             records.append(VideoRecord(video_id, path, split, captions))
     return RetrievalSplit("vatex", split, records, problems.report)
 

@@ -14,10 +14,10 @@ stem anywhere under ``video_dir``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from petvr.data.errors import DataError
-from petvr.data.readers.common import (Problems, VideoIndex, caption_text, expect_type, get_key, load_json, seconds,
-                                       time_span)
+from petvr.data.readers.common import (
+    Problems, VideoIndex, caption_text, expect_type, get_key, load_json, read_entries, seconds, time_span)
 from petvr.data.records import RetrievalSplit, VideoRecord
 
 ANNOTATION_FILE = "youcookii_annotations_trainval.json"
@@ -44,16 +44,12 @@ def read_youcook2(annotation_dir: str | Path, video_dir: str | Path, split: str 
                 continue
             duration = seconds(get_key(entry, "duration", path, video_id), path, "duration", video_id)
             steps = expect_type(get_key(entry, "annotations", path, video_id), list, path, '"annotations"', video_id)
-            captions, spans = [], []
-            for number, step in enumerate(steps):
+            def read_step(number: int, step: Any) -> tuple[str, tuple[float, float]]:  # used at once, in this loop
                 row = f"{video_id} annotation {number}"
-                with problems.item():
-                    caption = caption_text(get_key(step, "sentence", path, row), path, row)
-                    span = time_span(get_key(step, "segment", path, row), path, row, duration)
-                    captions.append(caption)
-                    spans.append(span)
-            if not captions:
-                raise DataError(path, "no readable annotations", video_id)
+                caption = caption_text(get_key(step, "sentence", path, row), path, row)
+                return caption, time_span(get_key(step, "segment", path, row), path, row, duration)
+
+            captions, spans = map(list, zip(*read_entries(steps, read_step, problems, path, video_id, "annotations")))
             file = videos.lookup((video_id,), path, video_id)
             if mode == "paragraph":
                 records.append(VideoRecord(video_id, file, split, [" ".join(captions)], start=0.0, end=duration,
