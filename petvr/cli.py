@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Run a command; bad input (a missing file, a malformed annotation, a wrong option) ends with its message."""
-    from .data.errors import DataError
+    from .errors import DataError
 
     args = build_parser().parse_args(argv)
     try:

@@ -11,7 +11,7 @@ import torch
 
 from petvr.data import video
 from petvr.data.cache import FrameCache, build_cache
-from petvr.data.errors import DataError
+from petvr.errors import DataError
 from petvr.data.video import SamplingConfig, load_video
 from test_video import frame_numbers, write_numbered_video
 

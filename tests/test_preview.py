@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from petvr.data.errors import DataError
+from petvr.errors import DataError
 from petvr.data.preview import MARGIN, MIN_TILE, PAD_FILL, TITLE_HEIGHT, contact_sheet_size, write_contact_sheet
 from petvr.data.video import SamplingConfig
 from test_video import write_numbered_video

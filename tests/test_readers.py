@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from petvr.data.errors import DataError
+from petvr.errors import DataError
 from petvr.data.readers import (read_activitynet, read_dataset, read_didemo, read_lsmdc, read_msrvtt, read_msvd,
                                 read_vatex, read_youcook2)
 from petvr.data.readers.didemo import consensus_segments

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from petvr.data.errors import DataError
+from petvr.errors import DataError
 from petvr.data.readers import READERS, list_datasets, read_custom, read_dataset, read_video_folder
 from petvr.data.records import RetrievalSplit, VideoRecord
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from petvr.data import synthetic
-from petvr.data.errors import DataError
+from petvr.errors import DataError
 from petvr.data.synthetic import (MOVE_WORDS, SHAPE_WORDS, STYLES, VERB_WORDS, SyntheticImageCaptions, VideoSpec,
                                   generate_world, render_video)
 

@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision import transforms
 
 from petvr.data import video as video_module
-from petvr.data.errors import DataError
+from petvr.errors import DataError
 from petvr.data.video import (
     CLIP_MEAN,
     CLIP_STD,

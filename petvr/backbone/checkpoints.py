@@ -31,7 +31,7 @@ from safetensors.torch import save_file as save_safetensors
 from torch import Tensor
 
 from ..atomic import atomic_write
-from ..data.errors import DataError
+from ..errors import DataError
 from .clip import CLIP
 from .config import CLIPConfig, TextConfig, VisionConfig, get_model_config
 

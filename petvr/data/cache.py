@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from petvr.atomic import atomic_write
 from petvr.data import video
-from petvr.data.errors import DataError, SkipReport
+from petvr.errors import DataError, SkipReport
 from petvr.data.video import DecodedClip, SamplingConfig, VideoSample
 
 CACHE_FORMAT = 1

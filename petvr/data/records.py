@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from petvr.data.errors import SkipReport
+from petvr.errors import SkipReport
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
 """File extensions the readers recognise as videos, in order of preference when one stem has several files."""

@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from petvr.data.errors import DataError
+from petvr.errors import DataError
 
 WORLD_FORMAT_VERSION = 1
 VIDEO_FPS = 8

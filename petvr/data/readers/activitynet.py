@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from petvr.data.errors import DataError
+from petvr.errors import DataError
 from petvr.data.readers.common import (
     Problems, VideoIndex, caption_text, expect_type, get_key, load_json, read_entries, seconds, time_span)
 from petvr.data.records import RetrievalSplit, VideoRecord

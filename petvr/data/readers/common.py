@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from petvr.data.errors import DataError, SkipReport
+from petvr.errors import DataError, SkipReport
 from petvr.data.records import VIDEO_EXTENSIONS, VideoRecord
 
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from petvr.data.errors import DataError
+from petvr.errors import DataError
 from petvr.data.readers.common import (CsvTable, Problems, VideoIndex, caption_text, expect_type, read_text,
                                        require_file, time_span)
 from petvr.data.records import VIDEO_EXTENSIONS, RetrievalSplit, VideoRecord

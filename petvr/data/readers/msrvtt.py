@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from petvr.data.errors import DataError
+from petvr.errors import DataError
 from petvr.data.readers.common import (CaptionGroups, CsvTable, Problems, VideoIndex, caption_text, expect_type,
                                        get_key, load_json)
 from petvr.data.records import RetrievalSplit, VideoRecord

@@ -16,7 +16,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from petvr.data.errors import DataError
+from petvr.errors import DataError
 from petvr.data.readers.common import (
     Problems, VideoIndex, caption_text, expect_type, read_entries, read_id_list, require_file)
 from petvr.data.records import RetrievalSplit, VideoRecord
