@@ -10,7 +10,7 @@ REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
-    from .training.pretrain import ASSETS, PretrainConfig, pretrain
+    from .synthetic.pretrain import ASSETS, PretrainConfig, pretrain
 
     config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
                             threads=args.threads)

@@ -17,7 +17,7 @@ from .backbone.checkpoints import load_backbone
 from .backbone.tokenizer import Tokenizer
 from .checkpoint import load_adapter
 from .data.dataset import FrameSource, VideoDataset
-from .data.synthetic import generate_world
+from .synthetic import generate_world
 from .evaluation.evaluate import encode_captions, encode_videos, similarity_matrix
 from .methods import RetrievalModel
 from .training.recipe import load_recipe, make_evaluator, read_split, run_recipe, sampling_config

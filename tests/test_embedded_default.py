@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from petvr.backbone.checkpoints import embedded_checkpoint_path, load_backbone
 from petvr.backbone.tokenizer import Tokenizer
-from petvr.data.synthetic import SyntheticImageCaptions
+from petvr.synthetic import SyntheticImageCaptions
 from petvr.data.video import normalize
 from petvr.evaluation.metrics import retrieval_metrics
 

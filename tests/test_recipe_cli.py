@@ -9,7 +9,7 @@ from petvr.backbone import create_backbone
 from petvr.backbone.checkpoints import load_backbone, save_backbone
 from petvr.checkpoint import load_adapter
 from petvr.cli import main
-from petvr.data.synthetic import generate_world
+from petvr.synthetic import generate_world
 from petvr.training.recipe import apply_override, load_recipe
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "synthetic" / "clip4clip_meanP.toml"

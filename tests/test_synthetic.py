@@ -10,10 +10,10 @@ import av
 import numpy as np
 import pytest
 
-from petvr.data import synthetic
+from petvr import synthetic
 from petvr.errors import DataError
-from petvr.data.synthetic import (MOVE_WORDS, SHAPE_WORDS, STYLES, VERB_WORDS, SyntheticImageCaptions, VideoSpec,
-                                  generate_world, render_video)
+from petvr.synthetic import (MOVE_WORDS, SHAPE_WORDS, STYLES, VERB_WORDS, SyntheticImageCaptions, VideoSpec,
+                             generate_world, render_video)
 
 TIE_TOLERANCE = 1.0
 """Decoded mean frames closer than this (mean absolute difference, 0-255 scale) tie: it bounds the codec noise."""
@@ -249,7 +249,7 @@ def test_decoded_pixels_show_what_each_event_sentence_says(world):
             objects = list(spec.objects)
             for event, sentence in zip(spec.events, annotations[key]["sentences"]):
                 before = objects[event.target]
-                after = synthetic._apply(before, event.kind, event.after)
+                after = synthetic.apply_event(before, event.kind, event.after)
                 objects[event.target] = after
                 x, y = solid_point(after.shape, synthetic.VIDEO_CELL_CENTRES[after.column] * 64,
                                    synthetic.VIDEO_CELL_CENTRES[after.row] * 64,
@@ -422,7 +422,7 @@ def test_an_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeyp
         written.append(path)
         Path(path).write_bytes(b"partial")
 
-    monkeypatch.setattr(synthetic, "write_mp4", failing_write)
+    monkeypatch.setattr("petvr.synthetic.world.write_mp4", failing_write)  # where generate_world looks it up
     with pytest.raises(KeyboardInterrupt):
         generate_world(tmp_path / "w", size="tiny", collections=("studio",), workers=1)
     assert list(tmp_path.iterdir()) == []

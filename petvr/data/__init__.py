@@ -1,1 +1,1 @@
-"""Video decoding, frame cache, benchmark readers and the synthetic world."""
+"""Video decoding, frame cache and benchmark readers."""

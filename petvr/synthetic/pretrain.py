@@ -22,11 +22,11 @@ from ..backbone import create_backbone
 from ..backbone.checkpoints import save_backbone
 from ..backbone.tokenizer import Tokenizer
 from ..atomic import atomic_write_json
-from ..data.synthetic import SyntheticImageCaptions
 from ..data.video import normalize
 from ..evaluation.metrics import retrieval_metrics
-from .losses import symmetric_infonce
-from .optim import build_optimizer
+from ..training.losses import symmetric_infonce
+from ..training.optim import build_optimizer
+from .images import SyntheticImageCaptions
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -114,7 +114,7 @@ def pretrain(config: PretrainConfig, output_dir: str | Path = ASSETS, command: s
         "model": config.model,
         "config": asdict(config),
         "command": command,
-        "data": {"generator": "petvr.data.synthetic.SyntheticImageCaptions", "seed": config.seed,
+        "data": {"generator": "petvr.synthetic.SyntheticImageCaptions", "seed": config.seed,
                  "pairs_seen": config.steps * config.batch_size,
                  "held_out_seed": config.seed + 1_000_003, "held_out_pairs": config.eval_pairs},
         "metrics": metrics,
