@@ -40,7 +40,8 @@ def _measure(args: argparse.Namespace, method_config: dict, queue: mp.Queue) -> 
     config["freeze_layer_num"] = min(config["freeze_layer_num"], layers)
     model = RetrievalModel(backbone, "clip4clip", sim_header="meanP", **config).to(device)
     objective = ContrastiveObjective(model)
-    optimizer, _ = build_optimizer("bertadam", model.named_parameters(), lr=1e-4, coef_lr=1e-3, total_steps=100)
+    optimizer, _ = build_optimizer("bertadam", model.named_parameters(), lr=1e-4, total_steps=100,
+                                   group_of=model.parameter_group, lr_multipliers=model.method.lr_multipliers(1e-3))
     size = backbone.config.vision.image_size
     frames = torch.randn(args.batch, args.frames, 3, size, size, device=device)
     frame_mask = torch.ones(args.batch, args.frames, dtype=torch.bool, device=device)
@@ -51,7 +52,7 @@ def _measure(args: argparse.Namespace, method_config: dict, queue: mp.Queue) -> 
 
     def step() -> None:
         with autocast:
-            loss = objective(token_ids, token_mask, frames, frame_mask)
+            loss = objective(token_ids, token_mask, frames, frame_mask)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

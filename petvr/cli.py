@@ -27,11 +27,13 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from .checkpoint import load_adapter
     from .evaluation.metrics import format_metrics_table
     from .training.recipe import apply_override, load_recipe, make_evaluator
 
-    model, description = load_adapter(args.checkpoint, device=args.device)
+    from .methods import RetrievalModel
+
+    model = RetrievalModel.from_adapter(args.checkpoint, device=args.device)
+    description = model.adapter_description
     recipe = load_recipe(args.recipe, args.set) if args.recipe else description.get("recipe") or {}
     if not args.recipe:
         for assignment in args.set:

@@ -15,7 +15,6 @@ import torch
 
 from .backbone.checkpoints import load_backbone
 from .backbone.tokenizer import Tokenizer
-from .checkpoint import load_adapter
 from .data.dataset import FrameSource, VideoDataset
 from .synthetic import generate_world
 from .evaluation.evaluate import encode_captions, encode_videos, similarity_matrix
@@ -46,7 +45,7 @@ def run_demo(workdir: Path, epochs: int = 5) -> dict:
     print(f"zero-shot evaluation of {backbone_name} on the synthetic '{COLLECTION}' collection")
     before = {split: evaluate(zero_shot) for split, evaluate in evaluators.items()}
     result = run_recipe(recipe, workdir / "runs" / f"{COLLECTION}-clip4clip-meanP", resume=False)
-    trained, _ = load_adapter(result["adapter"], backbone=load_backbone(backbone_name))
+    trained = RetrievalModel.from_adapter(result["adapter"], backbone=load_backbone(backbone_name))
     after = {split: evaluate(trained) for split, evaluate in evaluators.items()}
 
     print(f"\n{trained.format_parameter_report()}")

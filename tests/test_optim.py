@@ -176,7 +176,8 @@ def _group_of(groups, name):
 
 def test_param_groups_follow_clip4clip_decay_rule_and_backbone_lr():
     named = _named(NAMES) + [("head.frozen.weight", nn.Parameter(torch.zeros(2, 2), requires_grad=False))]
-    groups = build_param_groups(named, lr=1e-4, coef_lr=1e-3, weight_decay=0.2)
+    groups = build_param_groups(named, lr=1e-4, weight_decay=0.2, group_of=_prefix_groups,
+                                lr_multipliers={"backbone": 1e-3, "new": 1.0})
     assert sorted(g["name"] for g in groups) == ["backbone/decay", "backbone/no_decay", "new/decay", "new/no_decay"]
     no_decay = {n for g in groups if g["weight_decay"] == 0.0 for n in g["param_names"]}
     assert no_decay == {"backbone.visual.transformer.resblocks.0.ln_1.bias",
@@ -192,24 +193,36 @@ def test_param_groups_follow_clip4clip_decay_rule_and_backbone_lr():
 
 
 def test_param_groups_modern_rule_exempts_norms_embeddings_and_logit_scale():
-    groups = build_param_groups(_named(NAMES), lr=1e-4, coef_lr=1.0, weight_decay=0.2,
-                                no_decay_norms_and_embeddings=True)
+    groups = build_param_groups(_named(NAMES), lr=1e-4, weight_decay=0.2, no_decay_norms_and_embeddings=True)
     decayed = {n for g in groups if g["weight_decay"] > 0 for n in g["param_names"]}
     assert decayed == {"backbone.visual.transformer.resblocks.0.attn.in_proj_weight", "head.dense.weight"}
 
 
-def test_param_groups_explicit_backbone_names():
-    named = [("backbone.blocks.0.proj", (2, 2)), ("backbone.blocks.0.adapter.down", (2, 2)), ("head.proj", (2, 2))]
-    groups = build_param_groups(_named(named), lr=1.0, coef_lr=0.5, weight_decay=0.1,
-                                backbone_names={"backbone.blocks.0.proj"})
+def _prefix_groups(name):
+    return "backbone" if name.startswith("backbone.") else "new"
+
+
+def test_param_groups_follow_the_labels_and_refuse_a_label_without_a_multiplier():
+    named = [("backbone.blocks.0.proj", (2, 2)), ("backbone.blocks.0.adapter.down", (2, 2)), ("head.proj", (2, 2)),
+             ("backbone.blocks.0.proj.bias", (2,))]
+    labels = {"backbone.blocks.0.proj": "backbone", "backbone.blocks.0.adapter.down": "new", "head.proj": "new",
+              "backbone.blocks.0.proj.bias": "bias"}
+    groups = build_param_groups(_named(named), lr=1.0, weight_decay=0.1, group_of=labels.__getitem__,
+                                lr_multipliers={"backbone": 0.5, "new": 1.0, "bias": 2.0})
     assert _group_of(groups, "backbone.blocks.0.proj")["lr"] == 0.5
     assert _group_of(groups, "backbone.blocks.0.adapter.down")["lr"] == 1.0  # new weights inside the backbone
     assert _group_of(groups, "head.proj")["lr"] == 1.0
+    assert _group_of(groups, "backbone.blocks.0.proj.bias")["lr"] == 2.0
+    assert _group_of(groups, "backbone.blocks.0.proj.bias")["name"] == "bias/no_decay"
+    with pytest.raises(ValueError, match=r"backbone.blocks.0.proj.bias is in learning-rate group 'bias'"):
+        build_param_groups(_named(named), lr=1.0, weight_decay=0.1, group_of=labels.__getitem__,
+                           lr_multipliers={"backbone": 0.5, "new": 1.0})
 
 
 def test_build_optimizer_bertadam_and_adamw():
     model = nn.ModuleDict({"backbone": nn.Linear(3, 3), "head": nn.Linear(3, 1)})
-    optimizer, scheduler = build_optimizer("bertadam", model, lr=1e-4, coef_lr=1e-3, total_steps=100)
+    optimizer, scheduler = build_optimizer("bertadam", model, lr=1e-4, total_steps=100, group_of=_prefix_groups,
+                                           lr_multipliers={"backbone": 1e-3, "new": 1.0})
     assert isinstance(optimizer, BertAdam) and scheduler is None
     assert {g["name"]: g["lr"] for g in optimizer.param_groups} == pytest.approx(
         {"backbone/decay": 1e-7, "backbone/no_decay": 1e-7, "new/decay": 1e-4, "new/no_decay": 1e-4})

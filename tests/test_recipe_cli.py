@@ -7,8 +7,8 @@ import torch
 
 from petvr.backbone import create_backbone
 from petvr.backbone.checkpoints import load_backbone, save_backbone
-from petvr.checkpoint import load_adapter
 from petvr.cli import main
+from petvr.methods import RetrievalModel
 from petvr.synthetic import generate_world
 from petvr.training.recipe import apply_override, load_recipe
 
@@ -74,8 +74,8 @@ def test_train_then_eval_from_the_command_line(world, tmp_path, capsys):
 
     other = create_backbone("petvr-tiny")  # a different backbone: the adapter must refuse it
     with pytest.raises(ValueError, match="weight hash"):
-        load_adapter(adapter, backbone=other)
-    model, _ = load_adapter(adapter, backbone=load_backbone("petvr-tiny", world / "tiny.safetensors"))
+        RetrievalModel.from_adapter(adapter, backbone=other)
+    model = RetrievalModel.from_adapter(adapter, backbone=load_backbone("petvr-tiny", world / "tiny.safetensors"))
     assert model.parameter_report()["trainable"] == description["parameters"]["trainable"]
 
 

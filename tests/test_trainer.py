@@ -7,7 +7,6 @@ import torch
 from torch.utils.data import Dataset
 
 from petvr.backbone import create_backbone
-from petvr.checkpoint import load_adapter
 from petvr.evaluation.metrics import retrieval_metrics
 from petvr.methods import RetrievalModel
 from petvr.training.trainer import TrainConfig, Trainer
@@ -198,13 +197,11 @@ def test_resume_refuses_a_changed_training_setup(tmp_path):
 
 
 def test_adapter_round_trip_reproduces_the_trained_model(tmp_path):
-    from petvr.checkpoint import save_adapter
-
     trainer = make_trainer(tmp_path, epochs=1)
     trainer.train(stop_after_steps=3)
-    save_adapter(trainer.model, tmp_path / "adapter")
+    trainer.model.save_adapter(tmp_path / "adapter")
     torch.manual_seed(0)  # the same backbone weights as make_trainer's
-    reloaded, _ = load_adapter(tmp_path / "adapter", backbone=create_backbone("petvr-tiny"))
+    reloaded = RetrievalModel.from_adapter(tmp_path / "adapter", backbone=create_backbone("petvr-tiny"))
     trained = trainer.model.eval()
     for name, weight in trained.trainable_state_dict().items():
         assert torch.equal(reloaded.trainable_state_dict()[name], weight), name
@@ -225,13 +222,13 @@ def test_gradient_accumulation_steps_on_the_mean_of_its_micro_batch_losses(tmp_p
     torch.manual_seed(0)  # the same initial weights as make_trainer's
     reference = RetrievalModel(create_backbone("petvr-tiny"), "clip4clip", freeze_layer_num=3)
     optimizer, _ = build_optimizer("adamw", reference.named_parameters(), lr=1e-3, total_steps=trainer.total_steps,
-                                   coef_lr=1.0, weight_decay=0.2, warmup=0.0,
-                                   backbone_names=reference.original_backbone_parameter_names())
+                                   weight_decay=0.2, warmup=0.0, group_of=reference.parameter_group,
+                                   lr_multipliers=reference.method.lr_multipliers(1.0))
     objective = ContrastiveObjective(reference)
     losses = []
     for indices in trainer._epoch_batches(0, 0)[:2]:  # the two micro-batches of the first step (4 samples each)
         batch = collate_samples([trainer.dataset[i] for i in indices])
-        losses.append(objective(batch["token_ids"], batch["token_mask"], batch["frames"], batch["frame_mask"]))
+        losses.append(objective(batch["token_ids"], batch["token_mask"], batch["frames"], batch["frame_mask"])["loss"])
     ((losses[0] + losses[1]) / 2).backward()
     expected_grads = {name: p.grad.clone() for name, p in reference.named_parameters() if p.requires_grad}
     optimizer.step()

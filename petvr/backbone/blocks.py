@@ -24,10 +24,17 @@ class TowerContext:
     frames, so a wrapper that needs the video structure reshapes ``(B*T, N, W) -> (B, T, N, W)`` from these fields.
     The text tower processes ``batch_size`` captions (``num_frames == 1``); ``token_mask`` (B, L) marks real tokens and
     ``pool_index`` (B,) is the EOT position that the tower pools. A token hook that inserts ``k`` tokens before the EOT
-    adds ``k`` to ``pool_index``. ``key_padding_mask`` (N, L) bool, True on tokens that may be attended to, is applied
-    by every attention when set (the backbone's towers leave it unset; heads that reuse blocks over padded frame
-    sequences set it). ``state`` is a scratch dict a method may use to pass values between its own hooks and
-    wrappers during one forward pass; the backbone never reads it.
+    adds ``k`` to ``pool_index``.
+
+    Two masks reach every attention, both bool with True where attending is allowed, combined with each other and
+    with ``causal``:
+
+    - ``key_padding_mask`` (N, L): keys that may be attended to (heads that reuse blocks over padded frame sequences);
+    - ``attention_mask``: any pattern broadcastable to (N, heads, L, L), as open_clip threads ``attn_mask``; e.g.
+      DGL's global-local attention, where a few global tokens see every frame and the others only their own frame.
+
+    The backbone's towers leave both unset (the plain, fastest path). ``state`` is a scratch dict a method may use to
+    pass values between its own hooks and wrappers during one forward pass; the backbone never reads it.
     """
 
     modality: str
@@ -38,6 +45,7 @@ class TowerContext:
     pool_index: Tensor | None = None
     causal: bool = False
     key_padding_mask: Tensor | None = None
+    attention_mask: Tensor | None = None
     state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -68,7 +76,12 @@ class QuickGELU(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused input projection, computed by ``F.scaled_dot_product_attention``."""
+    """Multi-head self-attention with a fused input projection, computed by ``F.scaled_dot_product_attention``.
+
+    ``forward`` is two steps a method can enter without copying either: ``project`` (x -> q, k, v per head) and
+    ``attend`` (q, k, v -> output, with the context's masks and optional extra keys/values). LoRA on q and v adds to
+    ``project``'s output; prefix prompts pass their projected keys/values to ``attend``.
+    """
 
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -80,19 +93,59 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)  # as nn.MultiheadAttention; CLIP.init_weights overrides it
 
-    def forward(self, x: Tensor, context: TowerContext) -> Tensor:
-        """(N, L, W) -> (N, L, W); causal when ``context.causal``."""
+    def split_heads(self, x: Tensor) -> Tensor:
+        """(N, L, W) -> (N, heads, L, W / heads)."""
+        n, length, width = x.shape
+        return x.view(n, length, self.heads, width // self.heads).transpose(1, 2)
+
+    def project(self, x: Tensor, context: TowerContext) -> tuple[Tensor, Tensor, Tensor]:
+        """(N, L, W) -> q, k, v, each (N, heads, L, W / heads), through the frozen fused projection."""
         n, length, width = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         qkv = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        if context.key_padding_mask is None:
-            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=context.causal)
+        return qkv[0], qkv[1], qkv[2]
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, context: TowerContext,
+               extra_keys: Tensor | None = None, extra_values: Tensor | None = None) -> Tensor:
+        """q, k, v (N, heads, L, d) -> (N, L, W) through ``out_proj``.
+
+        ``extra_keys`` / ``extra_values`` (N, heads, P, d) are prepended to the keys and values (prefix prompts):
+        every query may attend to them, causal or not. The context's ``key_padding_mask`` (N, L) and
+        ``attention_mask`` (broadcastable to (N, heads, L, L)) apply to the sequence's own keys.
+        """
+        n, _, length, _ = q.shape
+        mask = _attention_mask(context, length, q.device)
+        if extra_keys is not None:
+            if extra_values is None or extra_values.shape != extra_keys.shape:
+                raise ValueError("extra keys and extra values must be given together, with the same shape")
+            k, v = torch.cat([extra_keys, k], dim=2), torch.cat([extra_values, v], dim=2)
+            if mask is None and context.causal:
+                mask = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+            if mask is not None:  # the prefix is always visible
+                mask = torch.cat([mask.new_ones(*mask.shape[:-1], extra_keys.shape[2]), mask], dim=-1)
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=context.causal)
         else:
-            mask = context.key_padding_mask[:, None, None, :].bool()  # (N, 1, 1, L)
-            if context.causal:
-                mask = mask & torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
-            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)
-        return self.out_proj(out.transpose(1, 2).reshape(n, length, width))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(out.transpose(1, 2).reshape(n, length, -1))
+
+    def forward(self, x: Tensor, context: TowerContext) -> Tensor:
+        """(N, L, W) -> (N, L, W); causal when ``context.causal``."""
+        return self.attend(*self.project(x, context), context)
+
+
+def _attention_mask(context: TowerContext, length: int, device: torch.device) -> Tensor | None:
+    """The context's masks combined into one bool mask (True: may attend), broadcastable to (N, heads, L, L), or
+    None when nothing but plain (possibly causal) attention is asked for, so SDPA's fastest path runs."""
+    mask = None
+    if context.key_padding_mask is not None:
+        mask = context.key_padding_mask[:, None, None, :].bool()  # (N, 1, 1, L)
+    if context.attention_mask is not None:
+        pattern = context.attention_mask.bool()
+        mask = pattern if mask is None else mask & pattern
+    if mask is not None and context.causal:
+        mask = mask & torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    return mask
 
 
 class Mlp(nn.Module):

@@ -1,6 +1,16 @@
-"""Methods: one file per method, each with its config dataclass and one registry entry."""
-from .base import Method, create_method, list_methods, make_method_config, method_config_class, register_method
-from . import clip4clip, zero_shot  # noqa: F401  (register the methods)
-from .model import RetrievalModel
+"""Methods: one file per method, each with its config dataclass and one registry entry.
 
-__all__ = ["Method", "RetrievalModel", "create_method", "list_methods", "make_method_config", "method_config_class", "register_method"]
+The toolkit a method file builds on: ``Method`` and its config bases ``MethodConfig`` / ``WrappingConfig``
+(``base.py``), ``wrap_modules`` and ``Wrapper`` (``wrapping.py``), the similarity heads and ``register_head``
+(``heads.py``), and the backbone's two-step ``Attention`` (``project`` / ``attend``) and ``TowerContext``.
+"""
+from .base import (Method, MethodConfig, WrappingConfig, create_method, list_methods, make_method_config,
+                   method_config_class, register_method)
+from . import clip4clip, zero_shot  # noqa: F401  (register the methods)
+from .heads import build_head, list_heads, register_head
+from .model import RetrievalModel
+from .wrapping import Wrapper, WrapSite, wrap_modules
+
+__all__ = ["Method", "MethodConfig", "RetrievalModel", "WrapSite", "Wrapper", "WrappingConfig", "build_head",
+           "create_method", "list_heads", "list_methods", "make_method_config", "method_config_class",
+           "register_head", "register_method", "wrap_modules"]

@@ -6,14 +6,15 @@ it encodes text and video (by default, the plain backbone) and scores them with 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import fields
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..backbone import CLIP
+from ..backbone.blocks import cast_matrix_weights
 
 _REGISTRY: dict[str, tuple[type["Method"], type]] = {}
 
@@ -65,12 +66,35 @@ def _check_known(name: str) -> None:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(list_methods())}")
 
 
+@dataclass
+class MethodConfig:
+    """Fields every method config has: the similarity head that scores text against frames (see ``heads.py``)."""
+
+    sim_header: str = "meanP"
+
+
+@dataclass
+class WrappingConfig(MethodConfig):
+    """A method that wraps backbone blocks: which ``towers`` ("vision", "text") and which block indices ``layers``
+    (None: every block; negative counts from the end) it wraps (see ``wrapping.wrap_modules``)."""
+
+    towers: tuple[str, ...] = ("vision", "text")
+    layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:  # lists from JSON / TOML become tuples, so configs compare equal after a round trip
+        self.towers = tuple(self.towers)
+        if self.layers is not None:
+            self.layers = tuple(self.layers)
+
+
 class Method(nn.Module):
     """Base class. Subclasses set ``self.head`` (a ``SimilarityHead``) and override what they change.
 
     Trainable parameters are every parameter the method adds (its own modules and anything it wraps into the
     backbone) plus the backbone parameters named by ``backbone_parameters_to_train``; ``RetrievalModel`` sets
-    ``requires_grad`` accordingly.
+    ``requires_grad`` accordingly. A method also owns its training details, so the trainer never learns its name:
+    the learning-rate group of each trainable weight (``parameter_group``, ``lr_multipliers``), extra loss terms
+    (``loss_terms``) and the storage dtype of its weights (``store_weights``).
     """
 
     method_name: str = ""
@@ -79,9 +103,16 @@ class Method(nn.Module):
         super().__init__()
         self.config = config
 
-    def backbone_parameters_to_train(self, backbone: CLIP) -> Iterable[str]:
-        """Names (in ``backbone.named_parameters()``) of original backbone weights this method trains."""
+    def backbone_parameters_to_train(self, names: Sequence[str]) -> Iterable[str]:
+        """Which of the backbone's own weights this method trains, from ``names``: every backbone weight name as
+        ``backbone.named_parameters()`` gave it before the method wrapped anything. Naming anything else is an error."""
         return ()
+
+    @property
+    def identity_at_init(self) -> bool:
+        """True when, at initialisation, text and frame embeddings equal the frozen backbone's (checked for every
+        method by the contract tests)."""
+        return False
 
     def encode_text(self, backbone: CLIP, token_ids: Tensor, token_mask: Tensor) -> Tensor:
         """(B, L) -> (B, D)."""
@@ -99,3 +130,30 @@ class Method(nn.Module):
     def similarity(self, text_embeddings: Tensor, frame_embeddings: Tensor, frame_mask: Tensor, logit_scale: Tensor) -> Tensor:
         """(Nt, D), (Nv, T, D), (Nv, T), scalar -> logits (Nt, Nv)."""
         return self.head(text_embeddings, frame_embeddings, frame_mask, logit_scale)
+
+    # -- training details the method owns --
+    def parameter_group(self, name: str, is_backbone_weight: bool) -> str:
+        """The learning-rate group of trainable weight ``name`` (its name in the ``RetrievalModel``).
+
+        By default the backbone's own weights are ``"backbone"`` (trained at ``lr * coef_lr``, CLIP4Clip's rule) and
+        every new weight is ``"new"`` (``lr``). A method that unfreezes backbone weights as its adapter (BitFit's
+        biases) returns ``"new"`` for them, or a group of its own with a multiplier in ``lr_multipliers``.
+        """
+        return "backbone" if is_backbone_weight else "new"
+
+    def lr_multipliers(self, coef_lr: float) -> dict[str, float]:
+        """Each group's multiplier of the recipe's ``lr``; ``coef_lr`` is the recipe's backbone coefficient."""
+        return {"backbone": coef_lr, "new": 1.0}
+
+    def loss_terms(self, text_embeddings: Tensor, frame_embeddings: Tensor, frame_mask: Tensor,
+                   logits: Tensor) -> dict[str, Tensor]:
+        """Extra scalar loss terms, by name, added to the contrastive loss of a training batch (none by default)."""
+        return {}
+
+    def store_weights(self, backbone: CLIP, precision: str, backbone_weight_ids: set[int]) -> None:
+        """Put the weights in ``precision``'s storage dtype. Under ``"fp16-weights"`` (CLIP4Clip's mode) the backbone's
+        own matrices become fp16 and every weight the method added stays float32, inside the backbone or not
+        (wrappers cast their input, see ``wrapping.Wrapper``). ``backbone_weight_ids`` are the ``id``s of the
+        backbone's own parameters."""
+        if precision == "fp16-weights":
+            cast_matrix_weights(backbone, torch.float16, only=backbone_weight_ids)

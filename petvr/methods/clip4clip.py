@@ -9,26 +9,27 @@ with a Conv3d over neighbouring frames initialised by central inflation (identic
 public code a bug makes ``freeze_layer_num`` ignored with 3d (everything trains); we train what the code intended
 (the blocks from ``freeze_layer_num`` plus the new Conv3d), and ``reproduce_3d_freeze_bug=True`` restores the bug.
 The Conv3d is a new weight, so it trains at the full ``lr``; in the public code it sits under ``clip.`` and gets
-``lr * coef_lr``.
+``lr * coef_lr``. Under ``precision="fp16-weights"`` the Conv3d is stored in fp16 like the rest of the backbone, as in
+CLIP4Clip's code (other methods keep their new weights in float32).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from ..backbone import CLIP, TowerContext
-from .base import Method, register_method
+from ..backbone.blocks import cast_matrix_weights
+from .base import Method, MethodConfig, register_method
 from .heads import build_head
 
 ALWAYS_TRAINED = ("logit_scale", "text.ln_final.", "text.text_projection", "visual.ln_post.", "visual.proj")
 
 
 @dataclass
-class CLIP4ClipConfig:
-    sim_header: str = "meanP"
+class CLIP4ClipConfig(MethodConfig):
     freeze_layer_num: int = 0
     linear_patch: str = "2d"
     cross_num_hidden_layers: int = 4
@@ -71,12 +72,23 @@ class CLIP4Clip(Method):
             backbone.visual.conv1 = TemporalPatchEmbedding(backbone.visual.conv1)
         self.head = build_head(config.sim_header, backbone, num_layers=config.cross_num_hidden_layers)
 
-    def backbone_parameters_to_train(self, backbone: CLIP) -> Iterable[str]:
+    def backbone_parameters_to_train(self, names: Sequence[str]) -> Iterable[str]:
         freeze = self.config.freeze_layer_num
         train_everything = freeze == -1 or (self.config.linear_patch == "3d" and self.config.reproduce_3d_freeze_bug)
-        for name, _ in backbone.named_parameters():
+        for name in names:
+            if self.config.linear_patch == "3d" and name.startswith("visual.conv1."):
+                continue  # replaced by the Conv3d, which trains as a new weight
             if train_everything or name.startswith(ALWAYS_TRAINED) or _block_index(name) >= freeze:
                 yield name
+
+    @property
+    def identity_at_init(self) -> bool:
+        return True  # the 3D patch starts as the 2D one (central inflation); heads act after the embeddings
+
+    def store_weights(self, backbone: CLIP, precision: str, backbone_weight_ids: set[int]) -> None:
+        """CLIP4Clip's fp16 mode casts everything under ``clip.``, its 3D patch included."""
+        if precision == "fp16-weights":
+            cast_matrix_weights(backbone, torch.float16)
 
 
 def _block_index(name: str) -> int:

@@ -1,7 +1,7 @@
 """Similarity heads: text embeddings (Nt, D) and per-frame video embeddings (Nv, T, D) -> logits (Nt, Nv).
 
 CLIP4Clip's four heads (reference §1.1) and Cross-Modal Adapter's query scoring (reference §2.3), shared by every
-method through ``build_head(name, backbone)``. Two kinds:
+method through ``build_head(name, backbone)``; ``register_head`` adds one from anywhere. Two kinds:
 
 - **Pooled** (CLIP4Clip's "loose" type: ``meanP``, ``seqLSTM``, ``seqTransf``): each video is pooled on its own into
   one L2-normalised vector by ``pool_video``, so evaluation and search pool each video once and score by a matrix
@@ -30,6 +30,21 @@ from ..backbone import CLIP, TowerContext, Transformer
 from ..backbone.blocks import QuickGELU
 
 INIT_STD = 0.02  # CLIP4Clip's init_weights for new Linear and Embedding layers
+
+_HEADS: dict[str, type["SimilarityHead"]] = {}
+
+
+def register_head(name: str):
+    """Class decorator (timm style): ``@register_head("meanP")`` makes a ``SimilarityHead`` buildable by name, so a
+    method file can bring its own head without editing this file."""
+
+    def decorate(head_class: type["SimilarityHead"]) -> type["SimilarityHead"]:
+        if name in _HEADS:
+            raise ValueError(f"similarity head {name!r} is registered twice")
+        _HEADS[name] = head_class
+        return head_class
+
+    return decorate
 
 
 class SimilarityHead(nn.Module):
@@ -65,6 +80,7 @@ class PooledVideoHead(SimilarityHead):
         return logit_scale * F.normalize(text_embeddings, dim=-1) @ videos.T
 
 
+@register_head("meanP")
 class MeanPooling(PooledVideoHead):
     """meanP: normalise each frame, average the valid ones (divided by max(1, count)), renormalise. No parameters."""
 
@@ -76,6 +92,7 @@ class MeanPooling(PooledVideoHead):
         return mean_pool_normalised(frame_embeddings, frame_mask)
 
 
+@register_head("seqLSTM")
 class SequenceLSTM(PooledVideoHead):
     """seqLSTM: a 1-layer LSTM (D -> D) over the valid frames, added residually to the frames, then meanP.
 
@@ -112,6 +129,7 @@ class SequenceLSTM(PooledVideoHead):
         return mean_pool_normalised(output + frames, frame_mask)
 
 
+@register_head("seqTransf")
 class SequenceTransformer(PooledVideoHead):
     """seqTransf: frame positions, ``num_layers`` non-causal CLIP blocks over the valid frames, residual, then meanP.
 
@@ -147,6 +165,7 @@ class SequenceTransformer(PooledVideoHead):
         return mean_pool_normalised(x + frames, frame_mask)
 
 
+@register_head("tightTransf")
 class TightTransformer(SimilarityHead):
     """tightTransf: a cross-encoder over [text EOT feature; T frame features] for every (text, video) pair.
 
@@ -205,6 +224,7 @@ class TightTransformer(SimilarityHead):
         return self.similarity_dense(pooled).view(num_texts, num_videos)
 
 
+@register_head("query_scoring")
 class QueryScoringPooling(SimilarityHead):
     """Query scoring (CLIP-Hitchhiker; Cross-Modal Adapter's parameter-free head, reference §2.3).
 
@@ -246,17 +266,8 @@ class QueryScoringPooling(SimilarityHead):
         return f"temperature={self.temperature}, normalize_features={self.normalize_features}"
 
 
-_HEADS: dict[str, type[SimilarityHead]] = {
-    "meanP": MeanPooling,
-    "seqLSTM": SequenceLSTM,
-    "seqTransf": SequenceTransformer,
-    "tightTransf": TightTransformer,
-    "query_scoring": QueryScoringPooling,
-}
-
-
 def list_heads() -> list[str]:
-    """The head names ``build_head`` accepts (CLIP4Clip's ``--sim_header`` spellings plus ``query_scoring``)."""
+    """The registered head names (CLIP4Clip's ``--sim_header`` spellings, ``query_scoring``, and any a method adds)."""
     return list(_HEADS)
 
 

@@ -6,11 +6,14 @@ then marks as trainable exactly the method's new weights and the backbone weight
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..adapters import (find_adapter_backbone, load_adapter_weights, read_adapter_description, resolve_adapter_folder,
+                        save_adapter)
 from ..backbone import CLIP
 from ..backbone.checkpoints import backbone_weight_hash
 from .base import create_method
@@ -20,20 +23,59 @@ class RetrievalModel(nn.Module):
     def __init__(self, backbone: CLIP, method: str, **method_config: Any):
         super().__init__()
         self.backbone = backbone
+        self.adapter_description: dict | None = None  # adapter.json, when loaded by from_adapter
         # Hashed before the method renames anything it wraps; meta backbones (parameter counts) have no weights.
         on_meta = next(backbone.parameters()).is_meta
         self.backbone_hash = None if on_meta else backbone_weight_hash(backbone)
-        backbone_names = {id(p): name for name, p in backbone.named_parameters()}
-        self.backbone_parameter_count = sum(p.numel() for p in backbone.parameters())
+        original = dict(backbone.named_parameters())  # names from before the method wraps anything
+        self.backbone_parameter_count = sum(p.numel() for p in original.values())
         backbone.requires_grad_(False)
         self.method = create_method(method, backbone, **method_config)
-        unfrozen = set(self.method.backbone_parameters_to_train(backbone))
+        requested = set(self.method.backbone_parameters_to_train(list(original)))
+        unknown = sorted(requested - set(original))
+        if unknown:
+            raise ValueError(f"method {method!r} asks to train backbone weight(s) that do not exist: {unknown[:5]}"
+                             f" ({len(unknown)} in all); the backbone's weights are named like {next(iter(original))!r}")
+        present = {id(p) for p in self.parameters()}
+        replaced = sorted(name for name in requested if id(original[name]) not in present)
+        if replaced:
+            raise ValueError(f"method {method!r} asks to train backbone weight(s) it replaced: {replaced[:5]}")
         # Trainable: every weight the method added (its modules, and those it wrapped into the backbone), plus the
-        # original backbone weights it names. Original weights it replaced stay frozen.
+        # original backbone weights it names. Original weights it replaced or wrapped stay frozen.
+        self.original_backbone_ids = {id(p) for p in original.values()}
+        trained_ids = {id(original[name]) for name in requested}
         for parameter in self.parameters():
-            original_name = backbone_names.get(id(parameter))
-            parameter.requires_grad_(original_name is None or original_name in unfrozen)
-        self.original_backbone_ids = set(backbone_names)
+            parameter.requires_grad_(id(parameter) not in self.original_backbone_ids or id(parameter) in trained_ids)
+
+    @classmethod
+    def from_adapter(cls, folder: str | Path, backbone: CLIP | None = None, check_backbone: bool = True,
+                     device: torch.device | str | None = None) -> "RetrievalModel":
+        """Rebuild a trained model from an adapter folder in one call; ``model.adapter_description`` holds its
+        ``adapter.json``.
+
+        Without ``backbone`` the one recorded in ``adapter.json`` is found by ``find_adapter_backbone`` (the recorded
+        checkpoint, else the same file or the backbone's name in ``$PETVR_CHECKPOINT_DIR``, else the bundled
+        default; the weight hash must match). A given ``backbone`` must have the recorded weight hash unless
+        ``check_backbone=False``.
+        """
+        folder = resolve_adapter_folder(Path(folder))
+        description = read_adapter_description(folder)
+        if backbone is None:
+            backbone = find_adapter_backbone(description, folder)
+        model = cls(backbone, description["method"], **description["method_config"])
+        expected = description["backbone"]
+        if check_backbone and model.backbone_hash != expected.get("weight_hash"):
+            raise ValueError(
+                f"{folder}: this adapter was trained on backbone {expected.get('name')!r} with weight hash "
+                f"{expected.get('weight_hash')}, but the given backbone has hash {model.backbone_hash}; load the "
+                "backbone it was trained on (or pass check_backbone=False if you know what you are doing)")
+        load_adapter_weights(model, folder)
+        model.adapter_description = description
+        return model.to(device) if device is not None else model
+
+    def save_adapter(self, folder: str | Path, recipe: dict | None = None, metrics: dict | None = None) -> Path:
+        """Write the trained weights (``adapter.safetensors``) and their description (``adapter.json``) atomically."""
+        return save_adapter(self, folder, recipe, metrics)
 
     @property
     def method_name(self) -> str:
@@ -65,6 +107,14 @@ class RetrievalModel(nn.Module):
     def original_backbone_parameter_names(self) -> set[str]:
         """Names (in this model) of the backbone's own weights, as opposed to weights a method added."""
         return {name for name, p in self.named_parameters() if id(p) in self.original_backbone_ids}
+
+    def parameter_group(self, name: str) -> str:
+        """The learning-rate group of trainable weight ``name``, as the method assigns it (``Method.parameter_group``)."""
+        return self.method.parameter_group(name, id(self.get_parameter(name)) in self.original_backbone_ids)
+
+    def store_weights(self, precision: str) -> None:
+        """Put the weights in ``precision``'s storage dtype, by the method's policy (``Method.store_weights``)."""
+        self.method.store_weights(self.backbone, precision, self.original_backbone_ids)
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Only the trained weights, by name: what an adapter checkpoint holds."""

@@ -7,13 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..backbone import CLIP
-from .base import Method, register_method
+from .base import Method, MethodConfig, register_method
 from .heads import build_head
 
 
 @dataclass
-class ZeroShotConfig:
-    sim_header: str = "meanP"  # a parameter-free head: "meanP" or "query_scoring"
+class ZeroShotConfig(MethodConfig):
+    """``sim_header`` must be a parameter-free head: "meanP" or "query_scoring"."""
 
 
 @register_method("zero_shot", ZeroShotConfig)
@@ -23,3 +23,7 @@ class ZeroShot(Method):
         self.head = build_head(config.sim_header, backbone)
         if any(True for _ in self.head.parameters()):
             raise ValueError(f"zero_shot needs a parameter-free head, {config.sim_header!r} has weights to train")
+
+    @property
+    def identity_at_init(self) -> bool:
+        return True

@@ -11,7 +11,7 @@ Every schedule is a multiplier ``f(progress, warmup)`` of the base lr, where ``p
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -180,34 +180,40 @@ def _decays(name: str, param: Tensor, no_decay_norms_and_embeddings: bool) -> bo
 def build_param_groups(
     named_parameters: Iterable[tuple[str, Tensor]] | nn.Module,
     lr: float,
-    coef_lr: float,
     weight_decay: float,
-    backbone_names: Collection[str] | None = None,
+    group_of: Callable[[str], str] | None = None,
+    lr_multipliers: Mapping[str, float] | None = None,
     no_decay_norms_and_embeddings: bool = False,
 ) -> list[dict[str, Any]]:
-    """Split the trainable parameters into (decay, no decay) x (backbone, new modules) groups.
+    """Split the trainable parameters into (learning-rate group) x (decay, no decay) optimizer groups.
 
-    Backbone parameters get ``lr * coef_lr`` (CLIP4Clip's 1e-7 for CLIP beside 1e-4 for its head); the others get
-    ``lr``. ``backbone_names`` names them exactly (the trainer passes the backbone's original weights, so an adapter
-    wrapped inside a block still counts as new); without it, names starting with ``"backbone."`` are backbone. Decay groups get ``weight_decay``, the others 0 (see
-    ``_decays`` for the rule). Parameters with ``requires_grad=False`` are left out, and so are empty groups. Each
-    group carries a ``name`` ("backbone/decay", "new/no_decay", ...) for logging.
+    ``group_of(name)`` labels each trainable parameter (default: every one is ``"new"``) and ``lr_multipliers`` maps
+    each label to its multiple of ``lr`` (default ``{"new": 1.0}``); a label without a multiplier is an error, never a
+    silent full rate. The trainer passes the method's labels (``RetrievalModel.parameter_group``), so CLIP4Clip's
+    backbone weights get ``lr * coef_lr`` and a method's new weights ``lr``. Decay groups get ``weight_decay``, the
+    others 0 (see ``_decays`` for the rule). Parameters with ``requires_grad=False`` are left out, and so are empty
+    groups. Each group carries a ``name`` ("backbone/decay", "new/no_decay", ...) and its ``param_names`` for logging.
     """
     if isinstance(named_parameters, nn.Module):
         named_parameters = named_parameters.named_parameters()
-    groups: dict[tuple[bool, bool], dict[str, Any]] = {}
+    group_of = group_of or (lambda name: "new")
+    lr_multipliers = {"new": 1.0} if lr_multipliers is None else dict(lr_multipliers)
+    groups: dict[tuple[str, bool], dict[str, Any]] = {}
     for name, param in named_parameters:
         if not param.requires_grad:
             continue
-        in_backbone = name in backbone_names if backbone_names is not None else name.startswith("backbone.")
+        label = group_of(name)
+        if label not in lr_multipliers:
+            raise ValueError(f"{name} is in learning-rate group {label!r}, which has no multiplier; groups with one: "
+                             f"{sorted(lr_multipliers)}")
         decays = _decays(name, param, no_decay_norms_and_embeddings)
-        key = (in_backbone, decays)
+        key = (label, decays)
         if key not in groups:
             groups[key] = {
-                "name": f"{'backbone' if in_backbone else 'new'}/{'decay' if decays else 'no_decay'}",
+                "name": f"{label}/{'decay' if decays else 'no_decay'}",
                 "params": [],
                 "param_names": [],
-                "lr": lr * coef_lr if in_backbone else lr,
+                "lr": lr * lr_multipliers[label],
                 "weight_decay": weight_decay if decays else 0.0,
             }
         groups[key]["params"].append(param)
@@ -246,14 +252,14 @@ def build_optimizer(
     *,
     lr: float,
     total_steps: int,
-    coef_lr: float = 1.0,
     weight_decay: float = 0.2,
     warmup: float = 0.1,
     schedule: str | None = None,
     betas: tuple[float, float] = (0.9, 0.98),
     eps: float = 1e-6,
     max_grad_norm: float = 1.0,
-    backbone_names: Collection[str] | None = None,
+    group_of: Callable[[str], str] | None = None,
+    lr_multipliers: Mapping[str, float] | None = None,
     no_decay_norms_and_embeddings: bool = False,
 ) -> tuple[Optimizer, LambdaLR | None]:
     """The optimizer (and, for AdamW, its scheduler) of a recipe.
@@ -261,10 +267,11 @@ def build_optimizer(
     ``"bertadam"`` (CLIP4Clip, CMA): the schedule runs inside the optimizer, so the scheduler returned is None;
     ``max_grad_norm`` is its per-parameter clip (CMA passes -1 to disable it) and is read by BertAdam only.
     ``"adamw"``: ``torch.optim.AdamW`` with a ``LambdaLR`` to step after every optimizer step. The global gradient
-    clip of the training loop is the trainer's job, for both. The schedule defaults to ``warmup_cosine`` for
+    clip of the training loop is the trainer's job, for both. ``group_of`` and ``lr_multipliers`` set each weight's
+    learning rate (see ``build_param_groups``). The schedule defaults to ``warmup_cosine`` for
     BertAdam and ``cosine_with_warmup`` for AdamW. Returns ``(optimizer, scheduler_or_None)``.
     """
-    groups = build_param_groups(named_parameters, lr, coef_lr, weight_decay, backbone_names,
+    groups = build_param_groups(named_parameters, lr, weight_decay, group_of, lr_multipliers,
                                 no_decay_norms_and_embeddings)
     if not groups:
         raise ValueError("no trainable parameters: every parameter has requires_grad=False")

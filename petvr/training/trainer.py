@@ -23,9 +23,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..backbone.blocks import cast_matrix_weights
+from ..adapters import load_adapter_weights, write_adapter_files
 from ..atomic import atomic_write_folder, atomic_write_json
-from ..checkpoint import load_adapter_weights, save_adapter, write_adapter_files
 from .distributed import all_gather_with_grad, barrier, is_main_process, rank, world_size
 from .losses import symmetric_infonce
 from .optim import build_optimizer
@@ -84,12 +83,15 @@ class ContrastiveObjective(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, token_ids: Tensor, token_mask: Tensor, frames: Tensor, frame_mask: Tensor) -> Tensor:
+    def forward(self, token_ids: Tensor, token_mask: Tensor, frames: Tensor, frame_mask: Tensor) -> dict[str, Tensor]:
+        """The batch's ``loss`` (symmetric InfoNCE plus the method's extra terms) and each term by name."""
         text = self.model.encode_text(token_ids, token_mask)
         video = self.model.encode_video(frames, frame_mask)
         if not self.model.method.pairwise:
             text, video, frame_mask = (all_gather_with_grad(t) for t in (text, video, frame_mask))
-        return symmetric_infonce(self.model.similarity(text, video, frame_mask))
+        logits = self.model.similarity(text, video, frame_mask)
+        terms = {"infonce": symmetric_infonce(logits), **self.model.method.loss_terms(text, video, frame_mask, logits)}
+        return {"loss": sum(terms.values()), **terms}
 
 
 def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -109,8 +111,7 @@ class Trainer:
                  evaluate: Callable[[nn.Module], dict] | None = None, recipe: dict | None = None,
                  device: torch.device | str = "cpu", selection_metric: str = "t2v/R@1", num_workers: int = 0):
         self.model = model.to(device)
-        if config.precision == "fp16-weights":  # as CLIP4Clip: the backbone (and what a method put in it), not heads
-            cast_matrix_weights(model.backbone, torch.float16)
+        self.model.store_weights(config.precision)  # the method's policy (fp16-weights: the backbone's own matrices)
         self.dataset = dataset
         self.config = config
         self.run_dir = Path(run_dir)
@@ -138,9 +139,9 @@ class Trainer:
                                                                  find_unused_parameters=True)
         self.optimizer, self.scheduler = build_optimizer(
             config.optimizer, self.model.named_parameters(), lr=config.lr, total_steps=self.total_steps,
-            coef_lr=config.coef_lr, weight_decay=config.weight_decay, warmup=config.warmup, schedule=config.schedule,
+            weight_decay=config.weight_decay, warmup=config.warmup, schedule=config.schedule,
             betas=config.betas, eps=config.eps, max_grad_norm=config.max_grad_norm,
-            backbone_names=self.model.original_backbone_parameter_names(),
+            group_of=self.model.parameter_group, lr_multipliers=self.model.method.lr_multipliers(config.coef_lr),
             no_decay_norms_and_embeddings=config.no_decay_norms_and_embeddings)
         self.step = 0
         self.history: list[dict] = []
@@ -183,14 +184,16 @@ class Trainer:
                             unit="step", disable=not is_main_process())
             micro_batches = iter(self._loader(epoch, first))
             for _ in range(first, self.steps_per_epoch):
-                step_loss = 0.0
+                step_terms: dict[str, float] = {}
                 for _ in range(config.gradient_accumulation_steps):
                     batch = next(micro_batches)
                     with autocast:
-                        loss = self.objective(*(batch[k].to(self.device) for k in ("token_ids", "token_mask", "frames", "frame_mask")))
-                    self._stop_unless_finite(loss, epoch, batch)
-                    (loss / config.gradient_accumulation_steps).backward()
-                    step_loss += loss.item() / config.gradient_accumulation_steps
+                        terms = self.objective(*(batch[k].to(self.device) for k in ("token_ids", "token_mask", "frames", "frame_mask")))
+                    self._stop_unless_finite(terms["loss"], epoch, batch)
+                    (terms["loss"] / config.gradient_accumulation_steps).backward()
+                    for name, value in terms.items():
+                        step_terms[name] = step_terms.get(name, 0.0) + value.item() / config.gradient_accumulation_steps
+                step_loss = step_terms["loss"]
                 if config.clip_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(self._trainable(), config.clip_grad_norm)
                 self.optimizer.step()
@@ -200,7 +203,8 @@ class Trainer:
                 with torch.no_grad():
                     self.model.backbone.logit_scale.clamp_(max=math.log(config.max_logit_scale))
                 self.step += 1
-                self.history.append({"step": self.step, "epoch": epoch + 1, "loss": step_loss})
+                extra = {name: value for name, value in step_terms.items() if name not in ("loss", "infonce")}
+                self.history.append({"step": self.step, "epoch": epoch + 1, "loss": step_loss, **extra})
                 progress.update(1)
                 progress.set_postfix(loss=f"{step_loss:.4f}")
                 if self.step % self.steps_per_epoch == 0:
@@ -218,7 +222,7 @@ class Trainer:
                 return {"history": self.history, "best": self.best, "adapter": None}
         final = self.run_dir / "adapter"  # the last epoch's weights with the last epoch's metrics; best/ holds the best
         if is_main_process():
-            save_adapter(self.model, final, self.recipe, self.last_metrics)
+            self.model.save_adapter(final, self.recipe, self.last_metrics)
         return {"history": self.history, "best": self.best, "adapter": str(final)}
 
     def _stop_unless_finite(self, loss: Tensor, epoch: int, batch: dict) -> None:
@@ -245,7 +249,7 @@ class Trainer:
         score = metrics[direction][key]
         if self.best is None or score > self.best["score"]:
             self.best = {"epoch": epoch + 1, "step": self.step, "score": score, "metrics": metrics}
-            save_adapter(self.model, self.run_dir / "best", self.recipe, metrics)
+            self.model.save_adapter(self.run_dir / "best", self.recipe, metrics)
         self.history.append({"step": self.step, "epoch": epoch + 1, "eval": metrics})
         barrier()
         return metrics

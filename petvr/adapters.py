@@ -1,7 +1,10 @@
-"""Adapter checkpoints (a folder: ``adapter.safetensors`` with the trained weights only, ``adapter.json`` with the
-method, its config, the backbone name and weight hash, recipe, metrics and petvr version) and atomic writes.
+"""Adapter files: a folder with ``adapter.safetensors`` (the trained weights only) and ``adapter.json`` (method, its
+config, the backbone name and weight hash, recipe, metrics, petvr version). One frozen backbone serves many adapters.
 
-Every write goes through ``petvr.atomic``: a process killed half-way leaves the previous file or folder loadable.
+This module reads and writes those folders and finds the backbone an adapter was trained on; building the model is
+``RetrievalModel.from_adapter`` / ``model.save_adapter``. (The backbone's own checkpoint readers, a different job,
+are ``petvr.backbone.checkpoints``.) Every write goes through ``petvr.atomic``: a process killed half-way leaves the
+previous folder loadable.
 """
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ def save_adapter(model, folder: str | Path, recipe: dict | None = None, metrics:
 
 def read_adapter_description(folder: str | Path) -> dict:
     """The parsed ``adapter.json`` of an adapter folder, with clear errors for a missing or broken one."""
-    folder = _resolve_adapter_folder(Path(folder))
+    folder = resolve_adapter_folder(Path(folder))
     path = folder / ADAPTER_CONFIG
     try:
         description = json.loads(path.read_text())
@@ -66,7 +69,8 @@ def read_adapter_description(folder: str | Path) -> dict:
     return description
 
 
-def _resolve_adapter_folder(folder: Path) -> Path:
+def resolve_adapter_folder(folder: Path) -> Path:
+    """The folder holding ``adapter.json``: ``folder`` itself, or its aside copy when a replacement was cut short."""
     if (folder / ADAPTER_CONFIG).is_file():
         return folder
     aside = folder.with_name(f".{folder.name}.old")  # a replacement was cut between its two renames
@@ -75,30 +79,34 @@ def _resolve_adapter_folder(folder: Path) -> Path:
     raise FileNotFoundError(f"{folder}: no {ADAPTER_CONFIG} here; an adapter folder holds {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG}")
 
 
-def load_adapter(folder: str | Path, backbone=None, check_backbone: bool = True, device: str | None = None):
-    """Rebuild a ``RetrievalModel`` from an adapter folder; returns ``(model, description)``.
+def find_adapter_backbone(description: dict, folder: str | Path = "adapter"):
+    """Load the backbone an adapter was trained on: the checkpoint recorded at training time if it still exists,
+    else the same file name in ``$PETVR_CHECKPOINT_DIR``, else the backbone's name looked up there (and the bundled
+    default). The first candidate whose weight hash matches the recorded one is returned; otherwise a clear error
+    lists what was tried."""
+    from .backbone.checkpoints import CHECKPOINT_DIR_ENV, backbone_weight_hash, checkpoint_dir, load_backbone
 
-    Without ``backbone`` the backbone named in ``adapter.json`` is loaded (from the checkpoint its recipe names, if
-    any, else looked up by name). The backbone's weight hash must match the one the adapter was trained on, unless
-    ``check_backbone=False``.
-    """
-    from .backbone.checkpoints import load_backbone
-    from .methods import RetrievalModel
-
-    folder = _resolve_adapter_folder(Path(folder))
-    description = read_adapter_description(folder)
     expected = description["backbone"]
-    if backbone is None:
-        recorded = description.get("recipe", {}).get("backbone", {}).get("checkpoint") or None
-        backbone = load_backbone(expected["name"], recorded)
-    model = RetrievalModel(backbone, description["method"], **description["method_config"])
-    if check_backbone and model.backbone_hash != expected.get("weight_hash"):
-        raise ValueError(
-            f"{folder}: this adapter was trained on backbone {expected.get('name')!r} with weight hash "
-            f"{expected.get('weight_hash')}, but the given backbone has hash {model.backbone_hash}; load the backbone "
-            "it was trained on (or pass check_backbone=False if you know what you are doing)")
-    load_adapter_weights(model, folder)
-    return (model.to(device) if device else model), description
+    name, expected_hash = expected.get("name"), expected.get("weight_hash")
+    recorded = description.get("recipe", {}).get("backbone", {}).get("checkpoint") or None
+    candidates: list[tuple[str, str | None]] = []
+    if recorded:
+        candidates += [(str(recorded), str(recorded)), (str(checkpoint_dir() / Path(recorded).name), Path(recorded).name)]
+    candidates.append((f"{name!r} in {checkpoint_dir()} or bundled", None))
+    tried = []
+    for label, checkpoint in candidates:
+        try:
+            backbone = load_backbone(name, checkpoint)
+        except (FileNotFoundError, ValueError) as error:
+            tried.append(f"{label}: {error}")
+            continue
+        found_hash = backbone_weight_hash(backbone)
+        if found_hash == expected_hash:
+            return backbone
+        tried.append(f"{label}: weight hash {found_hash}, not {expected_hash}")
+    raise FileNotFoundError(f"{folder}: cannot find backbone {name!r} with weight hash {expected_hash} that this "
+                            f"adapter was trained on; tried:\n  " + "\n  ".join(tried) +
+                            f"\nput its checkpoint in ${CHECKPOINT_DIR_ENV} or pass the backbone explicitly")
 
 
 def load_adapter_weights(model, folder: str | Path) -> None:
