@@ -13,7 +13,6 @@ from petvr.data import video
 from petvr.data.cache import FrameCache, build_cache
 from petvr.errors import DataError
 from petvr.data.video import SamplingConfig, load_video
-from test_video import frame_numbers, write_numbered_video
 
 SMALL = SamplingConfig(image_size=48)
 
@@ -33,7 +32,7 @@ def decode_counter(monkeypatch) -> list[str]:
 
 
 @pytest.fixture
-def clip(tmp_path) -> Path:
+def clip(write_numbered_video, tmp_path) -> Path:
     return write_numbered_video(tmp_path / "clip.mp4", 80)
 
 
@@ -66,7 +65,7 @@ def test_second_get_reads_the_cache_and_one_entry_serves_every_selection(tmp_pat
     assert len(decode_counter) == 1
 
 
-def test_training_offsets_change_between_draws_without_decoding(tmp_path, decode_counter):
+def test_training_offsets_change_between_draws_without_decoding(write_numbered_video, tmp_path, decode_counter):
     long_clip = write_numbered_video(tmp_path / "long.mp4", 200)
     cache = FrameCache(tmp_path / "cache")
     config = SamplingConfig(image_size=48, max_frames=4, sampler="segment", train=True, feature_framerate=2)
@@ -75,7 +74,7 @@ def test_training_offsets_change_between_draws_without_decoding(tmp_path, decode
     assert len(draws) > 1 and len(decode_counter) == 1
 
 
-def test_changed_file_config_or_span_is_decoded_again(tmp_path, clip, decode_counter):
+def test_changed_file_config_or_span_is_decoded_again(write_numbered_video, tmp_path, clip, decode_counter):
     cache = FrameCache(tmp_path / "cache")
     cache.get(clip, SMALL)
 
@@ -118,7 +117,7 @@ def _fill_every_entry(cache_dir: str, config: SamplingConfig, paths: list[str]) 
     return len(paths)
 
 
-def test_concurrent_fill_from_several_processes(tmp_path):
+def test_concurrent_fill_from_several_processes(frame_numbers, write_numbered_video, tmp_path):
     paths = [str(write_numbered_video(tmp_path / f"clip{index}.mp4", 30 + 10 * index)) for index in range(3)]
     cache_dir = tmp_path / "cache"
     context = multiprocessing.get_context("fork")  # the children only decode; no torch in them

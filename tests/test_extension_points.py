@@ -2,15 +2,9 @@
 import torch
 from torch import nn
 
-from petvr.backbone import TowerContext, create_backbone
+from petvr.backbone import TowerContext
 
 torch.manual_seed(0)
-
-
-def tiny_backbone():
-    model = create_backbone("petvr-tiny")
-    model.eval()
-    return model
 
 
 def random_video(batch=2, frames=3, size=64):
@@ -34,8 +28,8 @@ class AddKnownTensor(nn.Module):
         return self.original(x, context) + self.offset
 
 
-def test_wrapping_mlp_adds_exactly_the_wrapper_branch():
-    model = tiny_backbone()
+def test_wrapping_mlp_adds_exactly_the_wrapper_branch(tiny_backbone):
+    model = tiny_backbone
     frames = random_video()
     with torch.no_grad():
         block = model.visual.transformer.resblocks[-1]
@@ -52,8 +46,8 @@ def test_wrapping_mlp_adds_exactly_the_wrapper_branch():
     torch.testing.assert_close(wrapped, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_vision_blocks_receive_the_video_context():
-    model = tiny_backbone()
+def test_vision_blocks_receive_the_video_context(tiny_backbone):
+    model = tiny_backbone
     block = model.visual.transformer.resblocks[0]
     block.attn = AddKnownTensor(block.attn, torch.zeros(()))
     frame_mask = torch.tensor([[True, True, False], [True, False, False]])
@@ -64,8 +58,8 @@ def test_vision_blocks_receive_the_video_context():
     assert torch.equal(context.frame_mask, frame_mask)
 
 
-def test_text_blocks_receive_a_causal_context_with_the_eot_position():
-    model = tiny_backbone()
+def test_text_blocks_receive_a_causal_context_with_the_eot_position(tiny_backbone):
+    model = tiny_backbone
     block = model.text.transformer.resblocks[0]
     block.mlp = AddKnownTensor(block.mlp, torch.zeros(()))
     with torch.no_grad():
@@ -90,8 +84,8 @@ class PrependPrompt(nn.Module):
         return torch.cat([x[:, :1], prompt, x[:, 1:]], dim=1)
 
 
-def test_token_hook_inserts_prompts_and_gets_gradient():
-    model = tiny_backbone()
+def test_token_hook_inserts_prompts_and_gets_gradient(tiny_backbone):
+    model = tiny_backbone
     model.requires_grad_(False)
     hook = PrependPrompt(model.config.vision.width, 4)
     model.visual.transformer.add_token_hook(0, hook)
@@ -102,24 +96,24 @@ def test_token_hook_inserts_prompts_and_gets_gradient():
     assert hook.prompt.grad is not None and hook.prompt.grad.abs().sum() > 0
 
 
-def test_text_prompt_hook_keeps_pooling_at_the_eot_token():
-    model = tiny_backbone()
-    with torch.no_grad():
-        reference = model.encode_text(TOKENS)
-        hook = PrependPrompt(model.config.text.width, 3)
-        hook.prompt.zero_()
-        model.text.transformer.add_token_hook(1, hook)  # between block 0 and block 1
-        prompted = model.encode_text(TOKENS)
-    # Zero prompt tokens still change attention (they are attended to), but pooling must read the shifted EOT.
-    assert prompted.shape == reference.shape
+def test_text_prompt_hook_keeps_pooling_at_the_eot_token(tiny_backbone):
+    model = tiny_backbone
+    hook = PrependPrompt(model.config.text.width, 3)
+    model.text.transformer.add_token_hook(1, hook)  # between block 0 and block 1
     hidden = []
     with torch.no_grad():
-        model.text(TOKENS, None, hidden)
+        prompted = model.text(TOKENS, None, hidden)
     assert hidden[0].shape[1] == 8 and hidden[1].shape[1] == 11
+    # The EOT sits at 4 and 2 before the hook and 3 tokens later after it (7 and 5): pooling must read there.
+    eot = TOKENS.argmax(-1)
+    assert eot.tolist() == [4, 2]
+    last = hidden[-1]
+    torch.testing.assert_close(prompted, model.text.pool(last, eot + 3))
+    assert not torch.allclose(prompted, model.text.pool(last, eot), atol=1e-3)
 
 
-def test_intermediates_under_no_grad_build_no_graph():
-    model = tiny_backbone()
+def test_intermediates_under_no_grad_build_no_graph(tiny_backbone):
+    model = tiny_backbone
     with torch.no_grad():
         out = model.forward_intermediates(frames=random_video(), token_ids=TOKENS)
     assert len(out["vision_hidden_states"]) == model.config.vision.layers

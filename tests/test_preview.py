@@ -8,10 +8,9 @@ from PIL import Image
 from petvr.errors import DataError
 from petvr.data.preview import MARGIN, MIN_TILE, PAD_FILL, TITLE_HEIGHT, contact_sheet_size, write_contact_sheet
 from petvr.data.video import SamplingConfig
-from test_video import write_numbered_video
 
 
-def test_contact_sheet_shows_real_frames_and_padding(tmp_path):
+def test_contact_sheet_shows_real_frames_and_padding(write_numbered_video, tmp_path):
     video = write_numbered_video(tmp_path / "clip.mp4", 40)  # 4 s: 4 real frames of 6
     config = SamplingConfig(max_frames=6, image_size=48)
     out = write_contact_sheet(video, config, tmp_path / "sheets" / "clip.png", columns=3)

@@ -13,6 +13,7 @@ from torchvision import transforms
 
 from petvr.data import video as video_module
 from petvr.errors import DataError
+from petvr.typed_config import dataclass_from_dict
 from petvr.data.video import (
     CLIP_MEAN,
     CLIP_STD,
@@ -33,37 +34,11 @@ from petvr.data.video import (
 )
 
 
-def write_numbered_video(path: Path, num_frames: int, fps: int = 10, width: int = 64, height: int = 48,
-                         keyframe_interval: int = 250, codec: str = "libx264") -> Path:
-    """Write a video whose frame ``i`` shows its number: left half grey ``4 * (i % 64)``, right half ``4 * (i // 64)``."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"g": str(keyframe_interval), "crf": "1"} if codec == "libx264" else {"g": str(keyframe_interval)}
-        for number in range(num_frames):
-            image = np.zeros((height, width, 3), np.uint8)
-            image[:, : width // 2] = 4 * (number % 64)
-            image[:, width // 2:] = 4 * (number // 64)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def frame_numbers(frames: np.ndarray) -> np.ndarray:
-    """Read back the numbers ``write_numbered_video`` painted, from uint8 ``(T, H, W, 3)`` frames."""
-    width = frames.shape[2]
-    low = frames[:, 4:-4, 2: width // 2 - 6].mean(axis=(1, 2, 3)) / 4
-    high = frames[:, 4:-4, width // 2 + 6: -2].mean(axis=(1, 2, 3)) / 4
-    return (np.round(low) + 64 * np.round(high)).astype(int)
-
-
 SMALL = SamplingConfig(image_size=48)
 
 
 @pytest.fixture(scope="module")
-def videos(tmp_path_factory) -> dict[str, Path]:
+def videos(write_numbered_video, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("videos")
     return {
         "three_seconds": write_numbered_video(folder / "three_seconds.mp4", 30),
@@ -156,15 +131,15 @@ def test_frame_order_reverse_and_shuffle():
 
 def test_sampling_config_key_is_stable_and_checked():
     config = SamplingConfig(max_frames=8, feature_framerate=2)
-    assert config == SamplingConfig.from_dict(config.to_dict()) and hash(config) == hash(SamplingConfig.from_dict(
-        config.to_dict()))
+    restored = dataclass_from_dict(SamplingConfig, config.to_dict(), "[data.sampling]")
+    assert config == restored and hash(config) == hash(restored)
     assert config.key() == SamplingConfig(max_frames=8, feature_framerate=2.0).key() != SamplingConfig().key()
     assert config.decode_key() == SamplingConfig(max_frames=3, subsample="head", feature_framerate=2).decode_key()
     assert config.decode_key() != SamplingConfig(feature_framerate=2, image_size=112).decode_key()
     with pytest.raises(ValueError, match="subsample"):
         SamplingConfig(subsample="middle")
-    with pytest.raises(ValueError, match="unknown field"):
-        SamplingConfig.from_dict({"frames": 3})
+    with pytest.raises(ValueError, match=r"\[data.sampling\] has unknown key\(s\) \['frames'\] \(did you mean 'max_frames'"):
+        dataclass_from_dict(SamplingConfig, {"frames": 3}, "[data.sampling]")
 
 
 # --- decoding and preprocessing ----------------------------------------------------------------------------------
@@ -175,7 +150,7 @@ def test_probe_reads_the_header(videos):
     assert info.duration == pytest.approx(30.0)
 
 
-def test_decode_returns_the_sampled_frames(videos):
+def test_decode_returns_the_sampled_frames(frame_numbers, videos):
     clip = decode_frames(videos["long"], SMALL)
     expected = [0, 20, 50, 70, 100, 130, 150, 180, 210, 230, 260, 290]  # grid 0..290 step 10, linspace positions
     assert clip.frame_indices.tolist() == expected
@@ -184,7 +159,7 @@ def test_decode_returns_the_sampled_frames(videos):
     assert clip.frames.shape == (12, 48, 48, 3) and clip.frames.dtype == np.uint8
 
 
-def test_decode_subclip_of_a_long_video_with_seeking(videos):
+def test_decode_subclip_of_a_long_video_with_seeking(frame_numbers, videos):
     config = SamplingConfig(image_size=48, feature_framerate=2, sampler="segment", train=True)
     clip = decode_frames(videos["long"], config, start=12.3, end=20.0, rng=np.random.default_rng(5))
     assert frame_numbers(clip.frames).tolist() == clip.frame_indices.tolist()
@@ -193,7 +168,7 @@ def test_decode_subclip_of_a_long_video_with_seeking(videos):
     assert frame_numbers(reversed_clip.frames).tolist() == [280, 270, 260, 250]
 
 
-def test_seeking_decodes_only_from_the_keyframe_before_the_clip(videos, monkeypatch):
+def test_seeking_decodes_only_from_the_keyframe_before_the_clip(frame_numbers, videos, monkeypatch):
     decoded_times: list[float] = []
     original = video_module._frame_time
 
@@ -214,7 +189,7 @@ def test_seeking_decodes_only_from_the_keyframe_before_the_clip(videos, monkeypa
     assert len(decoded_numbers) <= 281 - last_keyframe
 
 
-def test_grid_then_selection_equals_direct_decoding(videos):
+def test_grid_then_selection_equals_direct_decoding(frame_numbers, videos):
     config = SamplingConfig(image_size=48, max_frames=5, sampler="segment", train=True, frame_order="shuffle")
     grid = decode_grid(videos["long"], config, start=3, end=21)
     assert frame_numbers(grid.frames).tolist() == list(range(30, 220, 10))
@@ -252,7 +227,7 @@ def test_resize_center_crop_is_clips_torchvision_preprocessing(size):
 
 # --- bad input: every problem is a DataError naming the file ------------------------------------------------------
 
-def _audio_only(path: Path) -> Path:
+def _audio_only(path: Path, write_numbered_video) -> Path:
     with av.open(str(path), "w") as container:
         stream = container.add_stream("aac", rate=16000)
         for index in range(5):
@@ -265,7 +240,7 @@ def _audio_only(path: Path) -> Path:
     return path
 
 
-def _video_stream_without_frames(path: Path) -> Path:
+def _video_stream_without_frames(path: Path, write_numbered_video) -> Path:
     path = path.with_suffix(".mkv")  # MP4 drops a stream without packets; Matroska keeps it
     with av.open(str(path), "w") as container:
         video = container.add_stream("libx264", rate=10)
@@ -281,7 +256,7 @@ def _video_stream_without_frames(path: Path) -> Path:
     return path
 
 
-def _unknown_codec(path: Path) -> Path:
+def _unknown_codec(path: Path, write_numbered_video) -> Path:
     write_numbered_video(path.with_suffix(".tmp.avi"), 10, codec="mpeg4")
     data = path.with_suffix(".tmp.avi").read_bytes()
     assert b"FMP4" in data
@@ -289,13 +264,13 @@ def _unknown_codec(path: Path) -> Path:
     return path
 
 
-def _truncated(path: Path) -> Path:
+def _truncated(path: Path, write_numbered_video) -> Path:
     data = write_numbered_video(path.with_suffix(".full.mp4"), 30).read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
 
 
-def _truncated_faststart(path: Path) -> Path:
+def _truncated_faststart(path: Path, write_numbered_video) -> Path:
     """Moov atom first (as web videos are), then half the frames cut off: opens, but decoding ends early."""
     full = write_numbered_video(path.with_suffix(".full.mp4"), 100)
     faststart = path.with_suffix(".faststart.mp4")
@@ -311,16 +286,16 @@ def _truncated_faststart(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("make, problem", [
-    (lambda path: path, "not found"),
+    (lambda path, _: path, "not found"),
     (_truncated, "cannot open"),
     (_truncated_faststart, "truncated|decoding failed"),
-    (lambda path: path.write_bytes(np.random.default_rng(0).bytes(4000)) and path, "cannot open"),
+    (lambda path, _: path.write_bytes(np.random.default_rng(0).bytes(4000)) and path, "cannot open"),
     (_audio_only, "no video stream"),
     (_video_stream_without_frames, "no decodable frames"),
     (_unknown_codec, "unsupported codec"),
 ])
-def test_bad_input_raises_data_error_naming_the_file(tmp_path, make, problem):
-    path = make(tmp_path / "bad.mp4")
+def test_bad_input_raises_data_error_naming_the_file(tmp_path, make, problem, write_numbered_video):
+    path = make(tmp_path / "bad.mp4", write_numbered_video)
     with pytest.raises(DataError, match=problem) as error:
         load_video(path, SMALL)
     assert error.value.path == str(path) and str(path) in str(error.value)

@@ -1,0 +1,57 @@
+"""Fixtures shared by several test files (so that no test file imports another)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from petvr.backbone import create_backbone
+
+
+def _write_numbered_video(path: Path, num_frames: int, fps: int = 10, width: int = 64, height: int = 48,
+                          keyframe_interval: int = 250, codec: str = "libx264") -> Path:
+    """Write a video whose frame ``i`` shows its number: left half grey ``4 * (i % 64)``, right half ``4 * (i // 64)``."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"g": str(keyframe_interval), "crf": "1"} if codec == "libx264" else {"g": str(keyframe_interval)}
+        for number in range(num_frames):
+            image = np.zeros((height, width, 3), np.uint8)
+            image[:, : width // 2] = 4 * (number % 64)
+            image[:, width // 2:] = 4 * (number // 64)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _frame_numbers(frames: np.ndarray) -> np.ndarray:
+    """Read back the numbers ``write_numbered_video`` painted, from uint8 ``(T, H, W, 3)`` frames."""
+    width = frames.shape[2]
+    low = frames[:, 4:-4, 2: width // 2 - 6].mean(axis=(1, 2, 3)) / 4
+    high = frames[:, 4:-4, width // 2 + 6: -2].mean(axis=(1, 2, 3)) / 4
+    return (np.round(low) + 64 * np.round(high)).astype(int)
+
+
+@pytest.fixture(scope="session")
+def write_numbered_video():
+    """``write_numbered_video(path, num_frames, fps=10, ...) -> path``: an mp4 whose frames show their own number."""
+    return _write_numbered_video
+
+
+@pytest.fixture(scope="session")
+def frame_numbers():
+    """``frame_numbers(frames (T, H, W, 3) uint8) -> (T,)``: the numbers ``write_numbered_video`` painted."""
+    return _frame_numbers
+
+
+@pytest.fixture
+def tiny_backbone():
+    """A randomly initialised petvr-tiny CLIP in eval mode (seeded, so every test gets the same weights)."""
+    import torch
+
+    torch.manual_seed(0)
+    return create_backbone("petvr-tiny").eval()
