@@ -57,7 +57,7 @@ def atomic_write_folder(folder: str | Path, write: Callable[[Path], None]) -> Pa
     """Fill a temporary folder with ``write(tmp_folder)``, then move it to ``folder`` (replacing an old one).
 
     The old folder is renamed aside before the new one takes its place and deleted only afterwards, so at every
-    instant a complete version exists on disk (``load_adapter`` also looks at the aside copy if the swap was cut).
+    instant a complete version exists on disk (``RetrievalModel.from_adapter`` also looks at the aside copy if the swap was cut).
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -104,10 +104,6 @@ class RetrievalModel(nn.Module):
         """Logits (B, B) of a batch of B (caption, video) pairs."""
         return self.similarity(self.encode_text(token_ids, token_mask), self.encode_video(frames, frame_mask), frame_mask)
 
-    def original_backbone_parameter_names(self) -> set[str]:
-        """Names (in this model) of the backbone's own weights, as opposed to weights a method added."""
-        return {name for name, p in self.named_parameters() if id(p) in self.original_backbone_ids}
-
     def parameter_group(self, name: str) -> str:
         """The learning-rate group of trainable weight ``name``, as the method assigns it (``Method.parameter_group``)."""
         return self.method.parameter_group(name, id(self.get_parameter(name)) in self.original_backbone_ids)
