@@ -1,12 +1,10 @@
-"""The ``petvr`` command: pretrain, train, eval, demo, cache, data preview, methods."""
+"""The ``petvr`` command: pretrain, train, eval, demo, cache, data preview, methods, recipes."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 from pathlib import Path
-
-REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
@@ -19,7 +17,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from .training.recipe import load_recipe, run_recipe
+    from .training.recipe import load_recipe
+    from .training.run import run_recipe
 
     recipe = load_recipe(args.recipe, args.set)
     result = run_recipe(recipe, args.output_dir, resume=not args.no_resume)
@@ -28,7 +27,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .evaluation.metrics import format_metrics_table
-    from .training.recipe import apply_override, load_recipe, make_evaluator
+    from .training.recipe import apply_override, load_recipe
+    from .training.run import make_evaluator
 
     from .methods import RetrievalModel
 
@@ -54,7 +54,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 def _cmd_cache(args: argparse.Namespace) -> None:
     from .backbone import create_backbone
-    from .training.recipe import load_recipe, read_split, sampling_config
+    from .training.recipe import load_recipe, sampling_config
+    from .training.run import read_split
 
     recipe = load_recipe(args.recipe, args.set)
     if not recipe["data"].get("cache_dir"):
@@ -73,7 +74,8 @@ def _cmd_preview(args: argparse.Namespace) -> None:
 
     if args.recipe:  # an annotation row: the recipe's reader finds the file and span, its sampling is used
         from .backbone import create_backbone
-        from .training.recipe import load_recipe, read_split, sampling_config
+        from .training.recipe import load_recipe, sampling_config
+        from .training.run import read_split
 
         recipe = load_recipe(args.recipe, args.set)
         split = read_split(recipe, args.split)
@@ -101,6 +103,14 @@ def _cmd_methods(args: argparse.Namespace) -> None:
         print(f"{name}: {options}")
 
 
+def _cmd_recipes(args: argparse.Namespace) -> None:
+    from .training.recipe import list_recipes, shipped_recipes_dir
+
+    print(f"shipped recipes ({shipped_recipes_dir()}):")
+    for name in list_recipes():
+        print(f"  {name}")
+
+
 def _cuda() -> bool:
     import torch
 
@@ -121,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.set_defaults(run=_cmd_pretrain)
 
     train = commands.add_parser("train", help="train a recipe (TOML)")
-    train.add_argument("recipe")
+    train.add_argument("recipe", help="a TOML file, or a shipped recipe's name such as msrvtt/clip4clip")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-5")
     train.add_argument("--output-dir")
     train.add_argument("--no-resume", action="store_true", help="start over even if the output dir has a checkpoint")
@@ -167,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = commands.add_parser("methods", help="list the methods and their options")
     methods.set_defaults(run=_cmd_methods)
+
+    recipes = commands.add_parser("recipes", help="list the recipes shipped with petvr (petvr train NAME runs one)")
+    recipes.set_defaults(run=_cmd_recipes)
     return parser
 
 

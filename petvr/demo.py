@@ -19,9 +19,10 @@ from .data.dataset import FrameSource, VideoDataset
 from .synthetic import generate_world
 from .evaluation.evaluate import encode_captions, encode_videos, similarity_matrix
 from .methods import RetrievalModel
-from .training.recipe import load_recipe, make_evaluator, read_split, run_recipe, sampling_config
+from .training.recipe import load_recipe, sampling_config, shipped_recipes_dir
+from .training.run import make_evaluator, read_split, run_recipe
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "synthetic" / "clip4clip_meanP.toml"
+RECIPE = shipped_recipes_dir() / "synthetic" / "clip4clip_meanP.toml"  # package data: works from any directory
 COLLECTION = "studio"
 QUERIES = ("a red circle moves left", "a square appears and then turns blue", "a small star grows")
 

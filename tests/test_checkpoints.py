@@ -15,7 +15,7 @@ from petvr.backbone import (
     SUPPORTED_FORMATS, CheckpointError, backbone_weight_hash, create_backbone, embedded_checkpoint_path,
     get_model_config, load_backbone, save_backbone,
 )
-from petvr.backbone.checkpoints import CHECKPOINT_DIR_ENV
+from petvr.backbone.checkpoints import CHECKPOINT_DIR_ENV, find_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +247,16 @@ def test_lookup_failure_lists_what_was_tried(checkpoint_folder):
         load_backbone("ViT-B-32")
     for candidate in ("ViT-B-32.pt", "ViT-B-32.safetensors", str(checkpoint_folder / "ViT-B-32")):
         assert candidate in str(caught.value)
+
+
+def test_quickgelu_names_find_openai_file_names(checkpoint_folder):
+    """OpenAI ships ``ViT-B-32.pt``; its open_clip name is ``ViT-B-32-quickgelu``, whose own file names come first."""
+    (checkpoint_folder / "ViT-B-32.pt").write_bytes(b"")
+    assert find_checkpoint("ViT-B-32-quickgelu", None) == checkpoint_folder / "ViT-B-32.pt"
+    (checkpoint_folder / "ViT-B-32-quickgelu.safetensors").write_bytes(b"")
+    assert find_checkpoint("ViT-B-32-quickgelu", None) == checkpoint_folder / "ViT-B-32-quickgelu.safetensors"
+    with pytest.raises(FileNotFoundError, match="ViT-B-16-quickgelu.pt, .*ViT-B-16.pt"):
+        find_checkpoint("ViT-B-16-quickgelu", None)
 
 
 def test_petvr_tiny_uses_the_embedded_weights(checkpoint_folder):

@@ -15,7 +15,7 @@ from open_clip.model import CLIP as OpenClipCLIP
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from safetensors.torch import save_file
 
-from petvr.backbone import load_backbone, save_backbone
+from petvr.backbone import CheckpointError, get_model_config, list_model_configs, load_backbone, save_backbone
 from petvr.backbone.tokenizer import Tokenizer
 
 TOLERANCE = 1e-5
@@ -96,14 +96,26 @@ def test_open_clip_parity_per_format(tmp_path, fmt):
     assert_matches_open_clip(path, reference)
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "openai_state_dict"])
-def test_open_clip_parity_gelu(tmp_path, fmt):
+def test_open_clip_parity_gelu_state_dict(tmp_path):
     reference = small_open_clip(quick_gelu=False)
-    path = tmp_path / "model.pt"
-    WRITERS[fmt](reference, path)
-    assert_matches_open_clip(path, reference, quick_gelu=False)
+    WRITERS["openai_state_dict"](reference, tmp_path / "model.pt")
+    assert_matches_open_clip(tmp_path / "model.pt", reference, quick_gelu=False)
     with pytest.raises(AssertionError):  # the activation matters: QuickGELU on GELU weights must not pass
-        assert_matches_open_clip(path, reference, quick_gelu=True)
+        assert_matches_open_clip(tmp_path / "model.pt", reference, quick_gelu=True)
+
+
+@pytest.mark.parametrize("quick_gelu", [True, False], ids=["quickgelu", "gelu"])
+def test_torchscript_records_its_activation(tmp_path, quick_gelu):
+    """A TorchScript archive keeps its modules' classes, so it loads with the right activation without being told,
+    and a contradicting flag or model config is refused."""
+    reference = small_open_clip(quick_gelu=quick_gelu)
+    write_torchscript(reference, tmp_path / "model.pt")
+    assert_matches_open_clip(tmp_path / "model.pt", reference)
+    with pytest.raises(CheckpointError, match=f"quick_gelu={not quick_gelu} was asked for.*TorchScript code"):
+        load_backbone(checkpoint=tmp_path / "model.pt", quick_gelu=not quick_gelu)
+    contradicting = write_small_config(tmp_path, 2, quick_gelu=not quick_gelu)
+    with pytest.raises(CheckpointError, match=f"small.json has {not quick_gelu}, checkpoint has {quick_gelu}"):
+        load_backbone(contradicting, checkpoint=tmp_path / "model.pt")
 
 
 def test_float16_openai_weights_load_as_float32(tmp_path):
@@ -136,6 +148,15 @@ def test_heads_and_activation_come_from_the_named_config(tmp_path):
     assert_matches_open_clip(tmp_path / "model.pt", reference, name=write_small_config(tmp_path, 4, quick_gelu=False))
     with pytest.raises(AssertionError):
         assert_matches_open_clip(tmp_path / "model.pt", reference, quick_gelu=False)
+
+
+def test_a_config_without_quick_gelu_means_gelu_as_in_open_clip(tmp_path):
+    reference = small_open_clip(quick_gelu=False)
+    torch.save(reference.state_dict(), tmp_path / "model.pt")
+    config = json.loads(open(write_small_config(tmp_path, 2, quick_gelu=False)).read())
+    del config["quick_gelu"]
+    (tmp_path / "no_activation.json").write_text(json.dumps(config))
+    assert_matches_open_clip(tmp_path / "model.pt", reference, name=str(tmp_path / "no_activation.json"))
 
 
 def test_petvr_safetensors_keeps_heads_and_activation(tmp_path):
@@ -222,14 +243,66 @@ def test_hf_parity_gelu(tmp_path):
 # Full size
 # ---------------------------------------------------------------------------------------------------------------------
 
+OPEN_CLIP_NAMES = [name for name in list_model_configs() if name.startswith("ViT-")]
+
+
+def test_bundled_model_configs_mean_what_open_clip_names_mean():
+    """Each bundled ViT config has open_clip's shapes and activation under the same name (GELU unless -quickgelu)."""
+    assert {"ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-B-16-quickgelu", "ViT-L-14",
+            "ViT-L-14-quickgelu"} <= set(OPEN_CLIP_NAMES)
+    for name in OPEN_CLIP_NAMES:
+        theirs, ours = open_clip.get_model_config(name), get_model_config(name)
+        vision, text = theirs["vision_cfg"], theirs["text_cfg"]
+        assert ours.quick_gelu == theirs.get("quick_gelu", False) == name.endswith("-quickgelu"), name
+        assert (ours.embed_dim, ours.vision.image_size, ours.vision.patch_size, ours.vision.width, ours.vision.layers,
+                ours.vision.heads) == (theirs["embed_dim"], vision["image_size"], vision["patch_size"], vision["width"],
+                                       vision["layers"], vision["width"] // vision.get("head_width", 64)), name
+        assert (ours.text.context_length, ours.text.vocab_size, ours.text.width, ours.text.heads,
+                ours.text.layers) == tuple(text[key] for key in ("context_length", "vocab_size", "width", "heads",
+                                                                 "layers")), name
+
+
+@pytest.fixture(scope="module")
+def vit_b_32_state_dict(tmp_path_factory):
+    """A random open_clip ViT-B-32 state dict saved as open_clip writes it; the same weights serve both activations."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vit_b_32") / "open_clip_ViT-B-32.pt"
+    torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_open_clip_state_dict_loads_under_open_clip_names(vit_b_32_state_dict):
+    """An open_clip ViT-B-32 state dict loads under ``ViT-B-32`` as open_clip's GELU model and under
+    ``ViT-B-32-quickgelu`` as its QuickGELU model: each matches open_clip's model of that name (25 s; the fast tests
+    check the same through the bundled configs above and the small models' named configs)."""
+    torch.manual_seed(1)
+    images, token_ids = torch.randn(1, 3, 224, 224), open_clip.tokenize(CAPTIONS[:2])
+    state_dict = torch.load(vit_b_32_state_dict, weights_only=True)
+    image_embeddings = {}
+    for name in ("ViT-B-32", "ViT-B-32-quickgelu"):
+        reference = open_clip.create_model(name, pretrained=None).eval()
+        reference.load_state_dict(state_dict)
+        model = load_backbone(name, checkpoint=vit_b_32_state_dict)
+        assert model.config.quick_gelu == name.endswith("-quickgelu")
+        with torch.inference_mode():
+            image_embeddings[name] = model.encode_images(images)
+            assert (image_embeddings[name] - reference.encode_image(images)).abs().max().item() <= TOLERANCE, name
+            assert (model.encode_text(token_ids) - reference.encode_text(token_ids)).abs().max().item() <= TOLERANCE
+    assert (image_embeddings["ViT-B-32"] - image_embeddings["ViT-B-32-quickgelu"]).abs().max().item() > 1e-3
+
+
 @pytest.mark.slow
 def test_open_clip_parity_vit_b_32(tmp_path):
-    """ViT-B/32 shapes with random weights, through OpenAI's TorchScript format and the named config."""
+    """ViT-B/32 shapes with random weights through OpenAI's TorchScript format: it loads under OpenAI's name
+    ``ViT-B-32-quickgelu`` and is refused, naming that name, under open_clip's GELU ``ViT-B-32``."""
     torch.manual_seed(0)
     reference = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).eval()
     write_torchscript(reference, tmp_path / "ViT-B-32.pt")
     images, token_ids = reference_inputs(77, 224)
-    model = load_backbone("ViT-B-32", checkpoint=tmp_path / "ViT-B-32.pt")
+    model = load_backbone("ViT-B-32-quickgelu", checkpoint=tmp_path / "ViT-B-32.pt")
     with torch.inference_mode():
         assert (model.encode_images(images) - reference.encode_image(images)).abs().max().item() <= TOLERANCE
         assert (model.encode_text(token_ids) - reference.encode_text(token_ids)).abs().max().item() <= TOLERANCE
+    with pytest.raises(CheckpointError, match="(?s)quick_gelu: ViT-B-32 has False.*'ViT-B-32-quickgelu' matches it"):
+        load_backbone("ViT-B-32", checkpoint=tmp_path / "ViT-B-32.pt")

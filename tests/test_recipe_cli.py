@@ -10,9 +10,9 @@ from petvr.backbone.checkpoints import load_backbone, save_backbone
 from petvr.cli import main
 from petvr.methods import RetrievalModel
 from petvr.synthetic import generate_world
-from petvr.training.recipe import apply_override, load_recipe
+from petvr.training.recipe import apply_override, load_recipe, shipped_recipes_dir
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "synthetic" / "clip4clip_meanP.toml"
+RECIPE = shipped_recipes_dir() / "synthetic" / "clip4clip_meanP.toml"
 
 
 @pytest.fixture(scope="module")

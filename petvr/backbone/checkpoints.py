@@ -7,13 +7,19 @@ Reading happens in three steps, each its own function:
 2. ``to_petvr_state_dict`` recognises the key layout (OpenAI / open_clip, Hugging Face ``CLIPModel``, petvr) and renames
    and reshapes the tensors into petvr's keys (OpenAI's keys with the text tower under ``text.``).
 3. ``infer_config`` reads the architecture from the tensor shapes, as OpenAI's ``build_model`` does; heads and the
-   activation are not in the shapes, so they come from the checkpoint's own config when it has one (Hugging Face,
-   petvr), else from the named model config, else from the conventions (64-wide heads, QuickGELU).
+   activation are not in the shapes, so they come from the checkpoint's own record when it has one (Hugging Face and
+   petvr configs; a TorchScript archive's activation modules), else from the named model config, else from the
+   conventions (64-wide heads, QuickGELU).
+
+Model names follow open_clip: ``ViT-B-32`` is GELU, ``ViT-B-32-quickgelu`` is OpenAI's QuickGELU. OpenAI's TorchScript
+archives record QuickGELU, so they load under ``-quickgelu`` names (or no name) and are refused under the GELU name;
+a plain state dict records no activation, so its name (or ``quick_gelu=``) decides, as in open_clip.
 
 ``load_backbone`` ties them together, checks every key and shape, and loads strictly.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -33,7 +39,7 @@ from torch import Tensor
 from ..atomic import atomic_write
 from ..errors import DataError
 from .clip import CLIP
-from .config import CLIPConfig, TextConfig, VisionConfig, get_model_config
+from .config import QUICK_GELU_SUFFIX, CLIPConfig, TextConfig, VisionConfig, get_model_config, list_model_configs
 
 SUPPORTED_FORMATS = (
     "OpenAI TorchScript archive (e.g. ViT-B-32.pt as OpenAI ships it)",
@@ -73,6 +79,7 @@ _HF_RENAMES = {
 _HF_TRANSPOSED = {"visual_projection.weight": "visual.proj", "text_projection.weight": "text.text_projection"}
 _HF_TOWERS = {"vision_model": "visual", "text_model": "text"}
 _HF_ACTIVATIONS = {"quick_gelu": True, "gelu": False}
+_TORCHSCRIPT_ACTIVATIONS = {"QuickGELU": True, "GELU": False}  # the MLP activation modules' class names
 
 
 class CheckpointError(DataError):
@@ -81,14 +88,16 @@ class CheckpointError(DataError):
 
 @dataclass
 class RawCheckpoint:
-    """A checkpoint's tensors as stored, before renaming; ``container`` says which reader read them, and
-    ``hf_config`` / ``petvr_config`` hold the checkpoint's own config when it has one."""
+    """A checkpoint's tensors as stored, before renaming; ``container`` says which reader read them,
+    ``hf_config`` / ``petvr_config`` hold the checkpoint's own config when it has one, and ``quick_gelu`` the
+    activation a TorchScript archive's code uses."""
 
     path: Path
     container: str
     tensors: dict[str, Tensor]
     hf_config: dict | None = None
     petvr_config: dict | None = None
+    quick_gelu: bool | None = None
 
 
 @dataclass
@@ -148,12 +157,17 @@ def _read_zip_archive(path: Path) -> RawCheckpoint:
 
 def _read_torchscript(path: Path) -> RawCheckpoint:
     """OpenAI's archives: the parameters of the scripted model (its buffers, such as ``attn_mask``, and the scalar
-    attributes ``input_resolution`` / ``context_length`` / ``vocab_size`` are not weights)."""
+    attributes ``input_resolution`` / ``context_length`` / ``vocab_size`` are not weights). The archive also keeps
+    its modules' classes, so the MLP activation (``QuickGELU`` in OpenAI's, ``GELU`` in a traced open_clip GELU
+    model) is read from them."""
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # TorchScript raises RuntimeError and friends with long C++ traces
         raise CheckpointError(path, f"corrupt TorchScript archive: {str(error).splitlines()[0]}") from error
-    return RawCheckpoint(path, "TorchScript", {name: p.detach() for name, p in module.named_parameters()})
+    activations = {_TORCHSCRIPT_ACTIVATIONS[sub.original_name] for _, sub in module.named_modules()
+                   if sub.original_name in _TORCHSCRIPT_ACTIVATIONS}
+    return RawCheckpoint(path, "TorchScript", {name: p.detach() for name, p in module.named_parameters()},
+                         quick_gelu=activations.pop() if len(activations) == 1 else None)
 
 
 def _state_dict_from_pickle(path: Path) -> dict[str, Tensor]:
@@ -406,10 +420,13 @@ def infer_config(converted: PetvrStateDict, path: str | Path, facts: Architectur
 
 
 def architecture_facts(raw: RawCheckpoint) -> ArchitectureFacts:
-    """Heads and activation recorded by the checkpoint's own config (Hugging Face ``config.json``, petvr metadata)."""
+    """Heads and activation recorded by the checkpoint's own config (Hugging Face ``config.json``, petvr metadata),
+    or the activation recorded by a TorchScript archive's modules."""
     if raw.petvr_config is not None:
-        config = CLIPConfig.from_dict(raw.petvr_config)
+        config = CLIPConfig.from_dict(raw.petvr_config, f"{raw.path}: petvr_config metadata")
         return ArchitectureFacts(config.vision.heads, config.text.heads, config.quick_gelu, "petvr metadata")
+    if raw.quick_gelu is not None:
+        return ArchitectureFacts(quick_gelu=raw.quick_gelu, source="TorchScript code")
     if raw.hf_config is None:
         return ArchitectureFacts()
     config_path = raw.path.parent / "config.json"
@@ -467,7 +484,7 @@ def resolve_config(
     does not record them. Raises ``CheckpointError`` showing both configs when they disagree."""
     if named is None:
         return inferred
-    resolved = CLIPConfig.from_dict(inferred.to_dict())
+    resolved = copy.deepcopy(inferred)
     recorded = {"heads": facts.vision_heads, "activation": facts.quick_gelu}
     borrowed = [what for what, known in recorded.items() if known is None]
     source = facts.source + (f"; {' and '.join(borrowed)} as in {name}" if borrowed else "")
@@ -481,10 +498,12 @@ def resolve_config(
     differences = [f"{key}: {name} has {named_flat[key]}, checkpoint has {found_flat[key]}"
                    for key in named_flat if named_flat[key] != found_flat[key]]
     if differences:
+        matching = [other for other in list_model_configs() if get_model_config(other) == resolved]
+        hint = f"\nthe bundled model config {matching[0]!r} matches it: load it under that name" if matching else ""
         raise CheckpointError(
             path,
             f"the checkpoint does not match model config {name!r}:\n  " + "\n  ".join(differences)
-            + f"\n{name}: {_describe(named)}\ncheckpoint ({source}): {_describe(resolved)}",
+            + f"\n{name}: {_describe(named)}\ncheckpoint ({source}): {_describe(resolved)}{hint}",
         )
     return resolved
 
@@ -526,7 +545,8 @@ def embedded_checkpoint_path() -> Path:
 
 def find_checkpoint(name: str | None, checkpoint: str | Path | None) -> Path:
     """Resolve ``checkpoint`` (a path, or a bare file name in ``checkpoint_dir()``) or, when it is None, look for
-    ``{name}.pt``, ``{name}.safetensors`` or a ``{name}/`` folder in ``checkpoint_dir()``."""
+    ``{name}.pt``, ``{name}.safetensors`` or a ``{name}/`` folder in ``checkpoint_dir()``; for a ``-quickgelu`` name
+    also OpenAI's file name (``ViT-B-32.pt`` for ``ViT-B-32-quickgelu``)."""
     folder = checkpoint_dir()
     if checkpoint is not None:
         checkpoint = Path(checkpoint).expanduser()
@@ -540,6 +560,8 @@ def find_checkpoint(name: str | None, checkpoint: str | Path | None) -> Path:
         raise ValueError("give a model name, a checkpoint, or both")
     stem = Path(name).stem if name.endswith(".json") else name
     candidates = [folder / f"{stem}.pt", folder / f"{stem}.safetensors", folder / stem]
+    if stem.endswith(QUICK_GELU_SUFFIX):
+        candidates.append(folder / f"{stem.removesuffix(QUICK_GELU_SUFFIX)}.pt")
     found = next((candidate for candidate in candidates if candidate.exists()), None)
     if found is not None:
         return found
@@ -558,9 +580,10 @@ def load_backbone(
     quick_gelu: bool | None = None,
     device: torch.device | str | None = None,
 ) -> CLIP:
-    """Load a CLIP backbone in float32: ``load_backbone("ViT-B-32", checkpoint=PATH)``.
+    """Load a CLIP backbone in float32: ``load_backbone("ViT-B-32-quickgelu", checkpoint="ViT-B-32.pt")``.
 
-    ``name`` is a bundled model config (or a JSON path); the checkpoint must match it. Without a name the
+    ``name`` is a bundled model config (or a JSON path); the checkpoint must match it, activation included (OpenAI's
+    weights under ``-quickgelu`` names, open_clip's LAION weights under the plain ones). Without a name the
     architecture is inferred from the checkpoint alone. ``quick_gelu`` sets the activation for checkpoints that do not
     record it (plain state dicts); it defaults to the named config's, else QuickGELU (OpenAI's CLIP).
     """

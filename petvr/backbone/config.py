@@ -1,10 +1,18 @@
-"""Model configs: small JSON files in ``model_configs/`` (open_clip style), read into typed dataclasses."""
+"""Model configs: small JSON files in ``model_configs/`` (open_clip style), read into typed dataclasses.
+
+The names mean what they mean in open_clip: ``ViT-B-32`` uses GELU (LAION and other open_clip training runs), and
+``ViT-B-32-quickgelu`` uses QuickGELU, the activation OpenAI trained its CLIP with; likewise ViT-B-16 and ViT-L-14.
+"""
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
+
+from ..typed_config import dataclass_from_dict
+
+QUICK_GELU_SUFFIX = "-quickgelu"
 
 
 @dataclass
@@ -34,18 +42,14 @@ class TextConfig:
 @dataclass
 class CLIPConfig:
     embed_dim: int = 512
-    quick_gelu: bool = True
+    quick_gelu: bool = False  # as in open_clip: GELU unless a config says QuickGELU
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CLIPConfig":
-        return cls(
-            embed_dim=int(data["embed_dim"]),
-            quick_gelu=bool(data.get("quick_gelu", True)),
-            vision=VisionConfig(**data["vision"]),
-            text=TextConfig(**data["text"]),
-        )
+    def from_dict(cls, data: dict, where: str = "model config") -> "CLIPConfig":
+        """Unknown keys are refused, naming ``where`` (the file); missing ones keep the defaults above."""
+        return dataclass_from_dict(cls, data, where)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,8 +67,12 @@ def get_model_config(name_or_path: str | Path) -> CLIPConfig:
     if path.suffix == ".json" and path.exists():
         text = path.read_text()
     else:
-        bundled = resources.files("petvr.backbone") / "model_configs" / f"{name_or_path}.json"
-        if not bundled.is_file():
+        path = resources.files("petvr.backbone") / "model_configs" / f"{name_or_path}.json"
+        if not path.is_file():
             raise ValueError(f"unknown model config {name_or_path!r}; bundled configs: {', '.join(list_model_configs())}")
-        text = bundled.read_text()
-    return CLIPConfig.from_dict(json.loads(text))
+        text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    return CLIPConfig.from_dict(data, str(path))

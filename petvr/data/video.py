@@ -31,7 +31,7 @@ import bisect
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -96,14 +96,6 @@ class SamplingConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SamplingConfig:
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"SamplingConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
 
     def key(self) -> str:
         """Every setting as sorted JSON: equal configs give equal keys across processes and runs."""

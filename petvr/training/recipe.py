@@ -1,9 +1,12 @@
 """Recipes: a TOML file holding a whole experiment (backbone, data, method, training), read with ``tomllib``.
 
-``load_recipe(path, overrides=["train.lr=1e-5", "method.sim_header=\\"seqTransf\\""])`` returns a plain dict;
-``run_recipe`` trains and evaluates it. Relative data paths resolve against ``data.root`` (default
+``load_recipe("msrvtt/clip4clip", overrides=["train.lr=1e-5", "method.sim_header=\\"seqTransf\\""])`` returns a
+plain dict (``petvr.training.run.run_recipe`` trains and evaluates it). A recipe is a file path or the name of a recipe
+shipped in ``petvr/recipes/`` (``<dataset>/<method>``). Relative data paths resolve against ``data.root`` (default
 ``$PETVR_DATA_DIR``, else ``data``), so one recipe serves every machine.
 
+    base        optional: a recipe this one builds on (a path relative to this file, or a shipped recipe's name);
+                its tables are merged key by key under this file's, bases of bases too
     [backbone]  name, checkpoint (optional)
     [method]    name plus the method's config fields
     [data]      dataset, root, expand_sentences, max_words, cache_dir, num_workers, batch_size_val, skip_unreadable
@@ -16,28 +19,19 @@ from __future__ import annotations
 import copy
 import os
 import tomllib
-from dataclasses import fields, replace
+from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..backbone import create_backbone
-from ..backbone.checkpoints import load_backbone
-from ..backbone.tokenizer import Tokenizer
-from ..data.cache import build_cache
-from ..data.dataset import CaptionVideoDataset, FrameSource
-from ..data.readers import read_dataset
-from ..data.records import RetrievalSplit
+from ..backbone.checkpoints import find_checkpoint
 from ..data.video import SamplingConfig
-from ..evaluation.evaluate import evaluate_split
-from ..evaluation.metrics import format_metrics_table
-from ..methods import RetrievalModel
-from .distributed import barrier, destroy_distributed, init_distributed_from_env, is_main_process, seed_everything
-from .trainer import TrainConfig, Trainer
+from ..typed_config import dataclass_from_dict
 
 DATA_DIR_ENV = "PETVR_DATA_DIR"
 PATH_KEYS = ("annotation_dir", "video_dir", "annotations")  # other file arguments are relative to annotation_dir
+BASE_KEY = "base"
+BASE_ONLY_FOLDER = "base"  # shipped recipes in petvr/recipes/base/ are bases, not experiments of their own
 
 
 def _parse_value(text: str) -> Any:
@@ -62,14 +56,75 @@ def apply_override(recipe: dict, assignment: str) -> None:
     node[key] = _parse_value(text.strip())
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
-    path = Path(path)
+def shipped_recipes_dir() -> Path:
+    """The recipes installed with petvr: ``petvr/recipes/<dataset>/<method>.toml``."""
+    return Path(str(resources.files("petvr") / "recipes"))
+
+
+def list_recipes() -> list[str]:
+    """Names of the shipped experiments, e.g. ``["activitynet/clip4clip", ..., "synthetic/clip4clip_meanP"]``."""
+    folder = shipped_recipes_dir()
+    return sorted(f"{path.parent.name}/{path.stem}" for path in folder.glob("*/*.toml")
+                  if path.parent.name != BASE_ONLY_FOLDER)
+
+
+def find_recipe(reference: str | Path, relative_to: Path | None = None) -> Path:
+    """A recipe file: ``reference`` as a path (relative to ``relative_to``, default the working directory), else the
+    shipped recipe of that name (``msrvtt/clip4clip``, with or without ``.toml``)."""
+    reference = Path(reference).expanduser()
+    candidate = (relative_to or Path.cwd()) / reference
+    if candidate.is_file():
+        return candidate
+    shipped = shipped_recipes_dir() / reference.with_suffix(".toml")
+    if shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"{reference}: recipe not found (no file {candidate}, and no shipped recipe by that name; "
+                            f"shipped: {', '.join(list_recipes())})")
+
+
+def merge_tables(base: dict, override: dict) -> dict:
+    """``override`` over a copy of ``base``: tables are merged key by key, anything else in ``override`` wins."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_tables(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_toml(path: Path) -> dict:
     try:
-        recipe = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: recipe not found") from None
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path}: not valid TOML ({error})") from error
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The recipe at ``path`` merged over its base, the base over its own, and so on."""
+    chain = chain + (path.resolve(),)
+    recipe = _read_toml(path)
+    base = recipe.pop(BASE_KEY, None)
+    if base is None:
+        return recipe
+    if not isinstance(base, str):
+        raise ValueError(f"{path}: base must be a string (a recipe path relative to this file, or a shipped recipe's "
+                         f"name), found {base!r}")
+    try:
+        parent = find_recipe(base, relative_to=path.parent)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{path}: its base {error}") from None
+    if parent.resolve() in chain:
+        loop = " -> ".join(str(link) for link in chain + (parent.resolve(),))
+        raise ValueError(f"{path}: the recipe's bases form a cycle: {loop}")
+    return merge_tables(_read_with_bases(parent, chain), recipe)
+
+
+def load_recipe(reference: str | Path, overrides: list[str] = ()) -> dict:
+    """The recipe at ``reference`` (a path or a shipped recipe's name) with its bases merged in, then ``overrides``
+    (``"section.key=value"``) applied; ``name`` defaults to the file's stem."""
+    path = find_recipe(reference)
+    recipe = _read_with_bases(path)
     for assignment in overrides:
         apply_override(recipe, assignment)
     for section in ("backbone", "method", "data", "train"):
@@ -79,30 +134,25 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
     return recipe
 
 
-def _dataclass_from(table: dict, cls: type, where: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ValueError(f"[{where}] has unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**table)
-
-
-def _reader_arguments(table: dict, root: Path) -> dict:
-    arguments = dict(table)
+def reader_arguments(recipe: dict, which: str) -> dict:
+    """The ``[data.<which>]`` table as keyword arguments of the dataset's reader, its paths under ``data_root``."""
+    arguments = dict(recipe["data"][which])
     for key in PATH_KEYS:
         if isinstance(arguments.get(key), str):
-            arguments[key] = root / arguments[key]
+            arguments[key] = data_root(recipe) / arguments[key]
     return arguments
 
 
 def with_absolute_paths(recipe: dict) -> dict:
-    """A copy with ``data.root``, ``data.cache_dir`` and ``backbone.checkpoint`` made absolute."""
+    """A copy with ``data.root``, ``data.cache_dir`` and ``backbone.checkpoint`` made absolute (a bare checkpoint
+    file name is found where ``load_backbone`` finds it: in the checkpoint folder first)."""
     recipe = copy.deepcopy(recipe)
     recipe["data"]["root"] = str(data_root(recipe).resolve())
     if recipe["data"].get("cache_dir"):
         recipe["data"]["cache_dir"] = str(Path(recipe["data"]["cache_dir"]).expanduser().resolve())
-    if recipe["backbone"].get("checkpoint"):
-        recipe["backbone"]["checkpoint"] = str(Path(recipe["backbone"]["checkpoint"]).expanduser().resolve())
+    backbone = recipe["backbone"]
+    if backbone.get("checkpoint"):
+        backbone["checkpoint"] = str(find_checkpoint(backbone.get("name"), backbone["checkpoint"]).resolve())
     return recipe
 
 
@@ -113,98 +163,4 @@ def data_root(recipe: dict) -> Path:
 def sampling_config(recipe: dict, backbone, train: bool) -> SamplingConfig:
     table = dict(recipe["data"].get("sampling", {}))
     table.setdefault("image_size", backbone.config.vision.image_size)
-    sampling = SamplingConfig.from_dict(table)
-    return replace(sampling, train=train)
-
-
-def build_model(recipe: dict, device: torch.device | str = "cpu") -> RetrievalModel:
-    backbone_table = recipe["backbone"]
-    backbone = load_backbone(backbone_table["name"], backbone_table.get("checkpoint") or None)
-    method = dict(recipe["method"])
-    return RetrievalModel(backbone, method.pop("name"), **method).to(device)
-
-
-def read_split(recipe: dict, which: str, sampling: SamplingConfig | None = None,
-               report_dir: Path | None = None) -> RetrievalSplit:
-    """Read the ``[data.<which>]`` split. With a ``cache_dir`` and a ``sampling`` config, every video is decoded
-    into the cache first, which also finds unreadable videos before training starts. ``data.skip_unreadable``
-    leaves bad annotation rows and unreadable videos out instead of stopping, and writes what it left out and why to
-    ``report_dir/skipped-<which>.jsonl``."""
-    data = recipe["data"]
-    skip = bool(data.get("skip_unreadable", False))
-    if skip and not data.get("cache_dir"):
-        raise ValueError("data.skip_unreadable finds unreadable videos while filling the frame cache: set data.cache_dir")
-    arguments = _reader_arguments(data[which], data_root(recipe))
-    split = read_dataset(data["dataset"], **({"skip_unreadable": True} if skip else {}), **arguments)
-    if sampling is not None and data.get("cache_dir"):
-        # Every clip the split can ask for: whole videos and, in sentence modes, each caption's own span.
-        clips = list(split.videos) + [pair for pair in split.pairs() if pair.start is not None]
-        report = build_cache(clips, sampling, data["cache_dir"], num_workers=data.get("num_workers", 0),
-                             skip_unreadable=skip)
-        print(f"frame cache, {which} split ({data[which].get('annotation_dir', data['dataset'])}): "
-              f"{report.summary().splitlines()[0]}")
-        unreadable = {str(Path(item.path).resolve()) for item in report.skipped.items}
-        split.videos = [video for video in split.videos if str(Path(video.path).resolve()) not in unreadable]
-        split.skipped.items.extend(report.skipped.items)
-    if split.skipped:
-        print(f"{data['dataset']} {which}: {split.skipped.summary()}")
-        if report_dir is not None and is_main_process():
-            print(f"report written to {split.skipped.write(Path(report_dir) / f'skipped-{which}.jsonl')}")
-    return split
-
-
-def make_evaluator(recipe: dict, model: RetrievalModel, device, progress: bool = True,
-                   split: RetrievalSplit | None = None):
-    """A function ``model -> metrics`` on the recipe's test split (read and cached once, unless given)."""
-    data = recipe["data"]
-    sampling = sampling_config(recipe, model.backbone, train=False)
-    split = split if split is not None else read_split(recipe, "test", sampling)
-    frames = FrameSource(sampling, data.get("cache_dir") or None)
-    tokenizer = Tokenizer(data.get("max_words", 32))
-    return lambda m: evaluate_split(m, split, frames, tokenizer, batch_size=data.get("batch_size_val", 16),
-                                    num_workers=data.get("num_workers", 0), device=device, progress=progress)
-
-
-def run_recipe(recipe: dict, output_dir: str | Path | None = None, resume: bool = True) -> dict:
-    """Train and evaluate a recipe (one process, or every process of a ``torchrun``); returns the trainer's result.
-
-    The splits are read and their frames cached first (by the main process, the others then find the cache full),
-    then the model is built and trained; the best epoch is chosen on the test split's text-to-video R@1, as
-    CLIP4Clip does (these benchmarks have no separate validation split).
-    """
-    recipe = with_absolute_paths(recipe)  # the copy kept in adapter.json must work from any directory
-    info = init_distributed_from_env()
-    try:
-        train_table = dict(recipe["train"])
-        output_dir = Path(output_dir or train_table.pop("output_dir", None) or Path("runs") / recipe["name"])
-        train_table.pop("output_dir", None)
-        config = _dataclass_from(train_table, TrainConfig, "train")
-        seed_everything(config.seed)
-        data = recipe["data"]
-        shape_only = create_backbone(recipe["backbone"]["name"], device="meta")
-        train_sampling = sampling_config(recipe, shape_only, train=True)
-        splits = {}
-        for turn in ("main", "others"):  # the main process fills the cache; the others wait, then read it
-            if is_main_process() == (turn == "main"):
-                splits = {which: read_split(recipe, which, train_sampling, output_dir) for which in ("train", "test")}
-            barrier()
-        model = build_model(recipe, info.device)
-        samples = splits["train"].training_samples(data.get("expand_sentences", True), seed=config.seed)
-        frames = FrameSource(train_sampling, data.get("cache_dir") or None)
-        dataset = CaptionVideoDataset(samples, frames, Tokenizer(data.get("max_words", 32)), seed=config.seed)
-        evaluate = make_evaluator(recipe, model, info.device, split=splits["test"])
-        trainer = Trainer(model, dataset, config, output_dir, evaluate=evaluate, recipe=recipe, device=info.device,
-                          num_workers=data.get("num_workers", 0))
-        if is_main_process():
-            print(model.format_parameter_report())
-        if not resume:
-            trainer.start_fresh()
-        elif trainer.resume():
-            print(f"resumed from step {trainer.step} in {output_dir}")
-        result = trainer.train()
-        if is_main_process() and trainer.best:
-            print(f"best epoch {trainer.best['epoch']} (chosen on the test split):\n"
-                  f"{format_metrics_table(trainer.best['metrics'])}")
-        return result
-    finally:
-        destroy_distributed()
+    return replace(dataclass_from_dict(SamplingConfig, table, "[data.sampling]"), train=train)
