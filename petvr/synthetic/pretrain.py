@@ -1,14 +1,19 @@
 """Pretraining of the embedded default: the small ``petvr-tiny`` CLIP trained with CLIP's contrastive objective on
 the synthetic image-caption stream. It is a stand-in for OpenAI's CLIP (no real weights can be downloaded here).
 
+The training is the one trainer loop every method uses: the backbone wrapped as CLIP4Clip with every weight trained
+(``freeze_layer_num=-1``) and the meanP head, on items of one frame each, for which meanP is the normalised image
+embedding, so the objective is CLIP's. The held-out image-text evaluation is the trainer's end-of-epoch evaluation;
+the trainer's run folder (checkpoints, adapter copies) is temporary.
+
 ``petvr pretrain`` runs this and writes ``petvr/assets/petvr-tiny.safetensors`` (fp16, our own key names) and
-``petvr-tiny.json`` beside it (command, seed, data settings, held-out metrics, sha256, wall time).
+``petvr-tiny.json`` beside it (command, seed, data and optimiser settings, held-out metrics, sha256, wall time).
 """
 from __future__ import annotations
 
 import copy
 import hashlib
-import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,19 +21,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from ..atomic import atomic_write_json
 from ..backbone import create_backbone
 from ..backbone.checkpoints import save_backbone
 from ..backbone.tokenizer import Tokenizer
-from ..atomic import atomic_write_json
 from ..data.video import normalize
 from ..evaluation.metrics import retrieval_metrics
-from ..training.losses import symmetric_infonce
-from ..training.optim import build_optimizer
+from ..methods import RetrievalModel
+from ..training.trainer import TrainConfig, Trainer, collate_samples
 from .images import SyntheticImageCaptions
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+HELD_OUT_SEED_OFFSET = 1_000_003
+"""The held-out pairs use ``seed + HELD_OUT_SEED_OFFSET``, a seed training never draws from."""
 
 
 @dataclass
@@ -45,9 +51,17 @@ class PretrainConfig:
     num_workers: int = 1
     threads: int = 2
 
+    def train_config(self) -> TrainConfig:
+        """One epoch of ``steps`` batches with AdamW; every weight at ``lr`` (the whole backbone is new here)."""
+        return TrainConfig(epochs=1, batch_size=self.batch_size, optimizer="adamw", lr=self.lr, coef_lr=1.0,
+                           weight_decay=self.weight_decay, warmup=self.warmup, schedule="cosine_with_warmup",
+                           clip_grad_norm=1.0, no_decay_norms_and_embeddings=True, max_logit_scale=100.0,
+                           precision="fp32", seed=self.seed)
 
-class _TokenizedImages(Dataset):
-    """Synthetic (image, caption) -> (normalised image (3, H, W), token ids (L,))."""
+
+class ImageCaptionItems(Dataset):
+    """Synthetic (image, caption) pairs as trainer items of one frame: ``{"video_id", "token_ids" (L,),
+    "token_mask" (L,), "frames" (1, 3, H, W) normalised, "frame_mask" (1,) bool}``."""
 
     def __init__(self, images: SyntheticImageCaptions, tokenizer: Tokenizer):
         self.images, self.tokenizer = images, tokenizer
@@ -55,69 +69,60 @@ class _TokenizedImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> dict:
         image, caption = self.images[index]
-        token_ids, _ = self.tokenizer(caption)
-        return normalize(image[None])[0], token_ids[0]
+        token_ids, token_mask = self.tokenizer(caption)
+        return {"video_id": f"pair{index}", "token_ids": token_ids[0], "token_mask": token_mask[0],
+                "frames": normalize(image[None]), "frame_mask": torch.ones(1, dtype=torch.bool)}
 
 
 @torch.no_grad()
-def evaluate_image_text(model, config: PretrainConfig) -> dict:
+def evaluate_image_text(model: RetrievalModel, config: PretrainConfig) -> dict:
     """Image-to-text and text-to-image R@K on held-out synthetic pairs (a seed never used in training)."""
-    model.eval()
-    held_out = SyntheticImageCaptions(seed=config.seed + 1_000_003, image_size=model.config.vision.image_size,
-                                      num_samples=config.eval_pairs)
-    loader = DataLoader(_TokenizedImages(held_out, Tokenizer(config.max_words)), batch_size=250)
+    held_out = SyntheticImageCaptions(seed=config.seed + HELD_OUT_SEED_OFFSET, num_samples=config.eval_pairs,
+                                      image_size=model.backbone.config.vision.image_size)
+    loader = DataLoader(ImageCaptionItems(held_out, Tokenizer(config.max_words)), batch_size=250,
+                        collate_fn=collate_samples)
     image_embeddings, text_embeddings = [], []
-    for images, token_ids in loader:
-        image_embeddings.append(F.normalize(model.encode_images(images), dim=-1))
-        text_embeddings.append(F.normalize(model.encode_text(token_ids), dim=-1))
+    for batch in loader:
+        image_embeddings.append(F.normalize(model.encode_video(batch["frames"], batch["frame_mask"])[:, 0], dim=-1))
+        text_embeddings.append(F.normalize(model.encode_text(batch["token_ids"], batch["token_mask"]), dim=-1))
     similarity = torch.cat(text_embeddings) @ torch.cat(image_embeddings).T  # (texts, images)
     metrics = retrieval_metrics(similarity)
-    model.train()
     return {"image_to_text": metrics["v2t"], "text_to_image": metrics["t2v"]}
 
 
 def pretrain(config: PretrainConfig, output_dir: str | Path = ASSETS, command: str = "") -> dict:
+    """Train ``config.model`` from scratch, write its fp16 weights and the JSON record to ``output_dir``; returns the
+    record."""
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
-    model = create_backbone(config.model)
-    train_images = SyntheticImageCaptions(seed=config.seed, image_size=model.config.vision.image_size,
+    backbone = create_backbone(config.model)
+    model = RetrievalModel(backbone, "clip4clip", freeze_layer_num=-1)  # meanP, every backbone weight trained
+    train_images = SyntheticImageCaptions(seed=config.seed, image_size=backbone.config.vision.image_size,
                                           num_samples=config.steps * config.batch_size)
-    loader = DataLoader(_TokenizedImages(train_images, Tokenizer(config.max_words)), batch_size=config.batch_size,
-                        num_workers=config.num_workers, drop_last=True)
-    optimizer, scheduler = build_optimizer("adamw", model.named_parameters(), lr=config.lr, total_steps=config.steps,
-                                           weight_decay=config.weight_decay, warmup=config.warmup,
-                                           backbone_names=(), no_decay_norms_and_embeddings=True)
+    items = ImageCaptionItems(train_images, Tokenizer(config.max_words))
     started = time.time()
-    progress = tqdm(loader, total=config.steps, desc="pretrain petvr-tiny", unit="step")
-    for step, (images, token_ids) in enumerate(progress):
-        image_embeddings = F.normalize(model.encode_images(images), dim=-1)
-        text_embeddings = F.normalize(model.encode_text(token_ids), dim=-1)
-        loss = symmetric_infonce(model.logit_scale.exp() * text_embeddings @ image_embeddings.T)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"pretraining loss became {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        progress.set_postfix(loss=f"{loss.item():.3f}")
-    train_seconds = time.time() - started
-    metrics = evaluate_image_text(model, config)
+    with tempfile.TemporaryDirectory(prefix="petvr-pretrain-") as run_dir:
+        trainer = Trainer(model, items, config.train_config(), run_dir,
+                          evaluate=lambda trained: evaluate_image_text(trained, config),
+                          selection_metric="text_to_image/R@1", num_workers=config.num_workers)
+        result = trainer.train()
+    train_seconds = time.time() - started  # training, the held-out evaluation and the run's checkpoints
 
     output_dir = Path(output_dir)
-    weights_path = save_backbone(copy.deepcopy(model).half(), output_dir / f"{config.model}.safetensors")  # fp16: half the size
+    weights_path = save_backbone(copy.deepcopy(backbone).half(), output_dir / f"{config.model}.safetensors")  # fp16: half the size
+    losses = [entry["loss"] for entry in result["history"] if "loss" in entry]
     record = {
         "model": config.model,
         "config": asdict(config),
+        "train_config": asdict(config.train_config()),
         "command": command,
         "data": {"generator": "petvr.synthetic.SyntheticImageCaptions", "seed": config.seed,
                  "pairs_seen": config.steps * config.batch_size,
-                 "held_out_seed": config.seed + 1_000_003, "held_out_pairs": config.eval_pairs},
-        "metrics": metrics,
+                 "held_out_seed": config.seed + HELD_OUT_SEED_OFFSET, "held_out_pairs": config.eval_pairs},
+        "metrics": result["best"]["metrics"],  # one epoch: the best is the last
+        "loss": {"first_step": losses[0], "last_step": losses[-1]},
         "train_seconds": round(train_seconds, 1),
         "threads": config.threads,
         "sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
