@@ -13,7 +13,7 @@ def dataclass_from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
 
     ``where`` names the source in the error, e.g. ``"[train]"`` (a recipe table) or ``"method 'clip4clip'"``:
     ``[train] has unknown key(s) ['learning_rate'] (did you mean 'lr'?); known: [...]``. A field whose type is itself
-    a dataclass is built from its sub-dict the same way (``where`` becomes ``"<where>.<field>"``). Missing keys take
+    a dataclass is built from its sub-dict the same way (``where`` becomes ``"<where>: <field>"``). Missing keys take
     the dataclass's defaults; the dataclass checks the values.
     """
     if not isinstance(data, dict):
@@ -30,7 +30,7 @@ def dataclass_from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
         types = _field_types(cls)
         for key in tables:
             if isinstance(types[key], type) and is_dataclass(types[key]):
-                values[key] = dataclass_from_dict(types[key], data[key], f"{where}.{key}")
+                values[key] = dataclass_from_dict(types[key], data[key], f"{where}: {key}")
     return cls(**values)
 
 

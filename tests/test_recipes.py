@@ -29,7 +29,8 @@ def test_merge_tables_merges_tables_key_by_key_and_the_child_wins():
 
 def test_a_recipe_builds_on_its_base_chains_included(tmp_path):
     (tmp_path / "shared").mkdir()
-    (tmp_path / "shared" / "root.toml").write_text(MINIMAL + "lr = 1e-4\nepochs = 5\n[data.sampling]\nmax_frames = 12\n")
+    root = MINIMAL + "lr = 1e-4\nepochs = 5\n[data.sampling]\nmax_frames = 12\n"
+    (tmp_path / "shared" / "root.toml").write_text(root)
     (tmp_path / "middle.toml").write_text('base = "shared/root.toml"\n[train]\nepochs = 3\n')
     (tmp_path / "leaf").mkdir()
     (tmp_path / "leaf" / "run.toml").write_text('base = "../middle.toml"\n[data.sampling]\nmax_frames = 4\n')

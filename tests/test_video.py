@@ -138,7 +138,8 @@ def test_sampling_config_key_is_stable_and_checked():
     assert config.decode_key() != SamplingConfig(feature_framerate=2, image_size=112).decode_key()
     with pytest.raises(ValueError, match="subsample"):
         SamplingConfig(subsample="middle")
-    with pytest.raises(ValueError, match=r"\[data.sampling\] has unknown key\(s\) \['frames'\] \(did you mean 'max_frames'"):
+    unknown = r"\[data.sampling\] has unknown key\(s\) \['frames'\] \(did you mean 'max_frames'\?\); known: \["
+    with pytest.raises(ValueError, match=unknown):
         dataclass_from_dict(SamplingConfig, {"frames": 3}, "[data.sampling]")
 
 
