@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from petvr.backbone import create_backbone, get_model_config
 from petvr.methods.heads import (
@@ -210,27 +211,90 @@ def test_gradients_reach_head_parameters(tiny_backbone, width, name):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, parameter_name
 
 
-def test_seq_transformer_matches_clip4clip_computed_with_open_clip_blocks(tiny_backbone, width):
-    """Independent reference: CLIP4Clip's seqTransf written with open_clip's Transformer (nn.MultiheadAttention
-    blocks) and CLIP4Clip's additive -1e6 key mask, fed the head's weights."""
+class BertStyleLayerNorm(nn.Module):
+    """CLIP4Clip's head LayerNorm (modules/until_module.py), written out: epsilon 1e-12 inside the square root."""
+
+    def __init__(self, width, eps=1e-12):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width))
+        self.eps = eps
+
+    def forward(self, x):
+        centred = x - x.mean(-1, keepdim=True)
+        return self.weight * centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + self.eps) + self.bias
+
+
+def clip4clip_reference_blocks(head, width, heads):
+    """CLIP4Clip's cross blocks written with open_clip's Transformer (nn.MultiheadAttention blocks) and the BERT-style
+    LayerNorm, fed the head's weights; non-zero LayerNorm biases first, so a mix-up of weights would show."""
     from open_clip.transformer import QuickGELU, Transformer
 
+    for block in head.transformer.resblocks:
+        block.ln_1.bias.data.normal_(std=0.1)
+    reference = Transformer(width, len(head.transformer.resblocks), heads, act_layer=QuickGELU,
+                            norm_layer=BertStyleLayerNorm, batch_first=True)
+    reference.load_state_dict(head.transformer.state_dict())
+    return reference
+
+
+def additive_key_mask(key_mask, heads):
+    """CLIP4Clip's additive -1e6 mask on padded keys, for every query row: (N, L) -> (N * heads, L, L)."""
+    additive = (1.0 - key_mask.float())[:, None, :] * -1e6
+    return additive.expand(-1, key_mask.shape[1], -1).repeat_interleave(heads, dim=0)
+
+
+FEATURE_SCALES = [1.0, 1e-3]  # at 1e-3 the LayerNorm epsilon shows: 1e-5 instead of 1e-12 moves seqTransf by 2e-2
+
+
+@pytest.mark.parametrize("scale", FEATURE_SCALES)
+def test_seq_transformer_matches_clip4clip_computed_with_open_clip_blocks(tiny_backbone, width, scale):
     torch.manual_seed(3)
     head = tiny_head("seqTransf", tiny_backbone)
-    config = tiny_backbone.config.text
-    for block in head.transformer.resblocks:  # non-zero LayerNorm biases, so a mix-up of weights would show
-        block.ln_1.bias.data.normal_(std=0.1)
-    reference = Transformer(width, 4, config.heads, act_layer=QuickGELU, batch_first=True)
-    reference.load_state_dict(head.transformer.state_dict())
+    heads = tiny_backbone.config.text.heads
+    reference = clip4clip_reference_blocks(head, width, heads)
 
-    frames = torch.randn(3, 5, width)
+    frames = torch.randn(3, 5, width) * scale
     frame_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
     with torch.no_grad():
         x = frames + head.frame_position_embeddings.weight[:5]
-        additive = (1.0 - frame_mask.float())[:, None, :] * -1e6  # (N, 1, T) -> every query row
-        attn_mask = additive.expand(-1, 5, -1).repeat_interleave(config.heads, dim=0)  # (N * heads, T, T)
-        x = reference(x, attn_mask=attn_mask) + frames
+        x = reference(x, attn_mask=additive_key_mask(frame_mask, heads)) + frames
         x = F.normalize(x, dim=-1) * frame_mask[..., None]
         expected = F.normalize(x.sum(1) / frame_mask.sum(1, keepdim=True), dim=-1)
         pooled = head.pool_video(frames, frame_mask)
     torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", FEATURE_SCALES)
+def test_tight_transformer_matches_clip4clip_computed_with_open_clip_blocks(tiny_backbone, width, scale):
+    torch.manual_seed(4)
+    head = tiny_head("tightTransf", tiny_backbone)
+    heads = tiny_backbone.config.text.heads
+    reference = clip4clip_reference_blocks(head, width, heads)
+    with torch.no_grad():
+        head.pooler_norm.bias.normal_(std=0.1)
+        head.similarity_dense.bias.normal_(std=0.1)
+    pooler_norm = BertStyleLayerNorm(width)
+    pooler_norm.load_state_dict(head.pooler_norm.state_dict())
+
+    text = torch.randn(2, width) * scale
+    frames = torch.randn(3, 4, width) * scale
+    frame_mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    expected = torch.empty(2, 3)
+    with torch.no_grad():
+        for i in range(2):
+            for j in range(3):
+                tokens = torch.cat([text[i][None], frames[j]])[None] + head.position_embeddings.weight[:5]
+                key_mask = torch.cat([torch.ones(1, dtype=torch.bool), frame_mask[j]])[None]
+                x = reference(tokens, attn_mask=additive_key_mask(key_mask, heads))
+                pooled = head.pooler_activation(head.pooler_dense(pooler_norm(x)[:, 0]))
+                expected[i, j] = head.similarity_dense(pooled)[0, 0]
+        logits = head(text, frames, frame_mask, SCALE)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_head_blocks_take_clip4clips_layer_norm_epsilon_and_the_backbone_keeps_clips(tiny_backbone):
+    for name in ("seqTransf", "tightTransf"):
+        head = build_head(name, tiny_backbone)
+        assert {m.eps for m in head.modules() if isinstance(m, nn.LayerNorm)} == {1e-12}
+    assert {m.eps for m in tiny_backbone.modules() if isinstance(m, nn.LayerNorm)} == {1e-5}

@@ -162,13 +162,14 @@ class Mlp(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Pre-LN transformer block: ``x + attn(ln_1 x)``, then ``+ mlp(ln_2 x)``."""
+    """Pre-LN transformer block: ``x + attn(ln_1 x)``, then ``+ mlp(ln_2 x)``. ``norm_eps`` is the LayerNorms'
+    epsilon (CLIP's 1e-5 by default; blocks built outside the towers may need another, e.g. BERT's 1e-12)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, quick_gelu: bool):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, quick_gelu: bool, norm_eps: float = 1e-5):
         super().__init__()
-        self.ln_1 = LayerNorm(width)
+        self.ln_1 = LayerNorm(width, eps=norm_eps)
         self.attn = Attention(width, heads)
-        self.ln_2 = LayerNorm(width)
+        self.ln_2 = LayerNorm(width, eps=norm_eps)
         self.mlp = Mlp(width, int(width * mlp_ratio), quick_gelu)
 
     def forward(self, x: Tensor, context: TowerContext) -> Tensor:
@@ -182,12 +183,15 @@ class Transformer(nn.Module):
 
     ``token_hooks[str(i)]`` runs before block ``i``; ``token_hooks[str(len(resblocks))]`` runs after the last block.
     A hook is any module ``(x, context) -> x`` that may insert, replace or drop tokens (prompt methods).
+    ``norm_eps`` goes to every block's LayerNorms.
     """
 
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, quick_gelu: bool):
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, quick_gelu: bool, norm_eps: float = 1e-5):
         super().__init__()
         self.width = width
-        self.resblocks = nn.ModuleList(ResidualBlock(width, heads, mlp_ratio, quick_gelu) for _ in range(layers))
+        self.resblocks = nn.ModuleList(
+            ResidualBlock(width, heads, mlp_ratio, quick_gelu, norm_eps) for _ in range(layers)
+        )
         self.token_hooks = nn.ModuleDict()
 
     def add_token_hook(self, position: int, hook: nn.Module) -> None:

@@ -11,6 +11,8 @@ method through ``build_head(name, backbone)``; ``register_head`` adds one from a
 
 The heads with transformer layers (seqTransf, tightTransf) copy the first ``num_layers`` blocks of the text tower and
 its positional table into blocks of their own (CLIP4Clip's initialisation trick); the backbone is left untouched.
+Their LayerNorms use CLIP4Clip's BERT-style epsilon 1e-12 (``HEAD_NORM_EPS``), not the towers' 1e-5; the two differ
+most on features of small scale.
 They run at width D = ``embed_dim``, so this needs ``embed_dim == text width`` (true for every bundled config);
 otherwise ``build_head`` raises rather than silently training a randomly initialised transformer. Build the head
 before a method wraps the text blocks: the copy reads the plain block layout.
@@ -30,6 +32,7 @@ from ..backbone import CLIP, TowerContext, Transformer
 from ..backbone.blocks import QuickGELU
 
 INIT_STD = 0.02  # CLIP4Clip's init_weights for new Linear and Embedding layers
+HEAD_NORM_EPS = 1e-12  # CLIP4Clip's BERT-style LayerNorm (modules/until_module.py) in its head blocks and pooler
 
 _HEADS: dict[str, type["SimilarityHead"]] = {}
 
@@ -131,7 +134,8 @@ class SequenceLSTM(PooledVideoHead):
 
 @register_head("seqTransf")
 class SequenceTransformer(PooledVideoHead):
-    """seqTransf: frame positions, ``num_layers`` non-causal CLIP blocks over the valid frames, residual, then meanP.
+    """seqTransf: frame positions, ``num_layers`` non-causal CLIP blocks (LayerNorm eps 1e-12) over the valid frames,
+    residual, then meanP.
 
     ``frame_position_embeddings`` (context_length, D) starts from CLIP's text positional table and ``transformer``
     from the first ``num_layers`` text blocks (``from_backbone``). Padded frames are masked as keys. 12,648,960
@@ -141,7 +145,7 @@ class SequenceTransformer(PooledVideoHead):
     def __init__(self, width: int, heads: int, context_length: int, num_layers: int, mlp_ratio: float = 4.0, quick_gelu: bool = True):
         super().__init__()
         self.frame_position_embeddings = nn.Embedding(context_length, width)
-        self.transformer = Transformer(width, num_layers, heads, mlp_ratio, quick_gelu)
+        self.transformer = Transformer(width, num_layers, heads, mlp_ratio, quick_gelu, norm_eps=HEAD_NORM_EPS)
         nn.init.normal_(self.frame_position_embeddings.weight, std=INIT_STD)
 
     @classmethod
@@ -170,12 +174,12 @@ class TightTransformer(SimilarityHead):
     """tightTransf: a cross-encoder over [text EOT feature; T frame features] for every (text, video) pair.
 
     Tokens (Nt*Nv, 1+T, D) + position table (context_length, D, from CLIP's text positions), dropout, ``num_layers``
-    CLIP blocks (from text blocks 0..num_layers-1) with padded frames masked (the text token is always valid), then
-    CLIP4Clip's pooler: LayerNorm (eps 1e-12), first token, Linear(D, D), QuickGELU; ``similarity_dense``
-    Linear(D, 1) gives the logit. There is no logit scale: the ``logit_scale`` argument is ignored. The LayerNorm sits
-    in the pooler, as in CLIP4Clip's code (its embedding LayerNorm is commented out). 12,913,153 parameters on
-    ViT-B/32 with 4 layers. ``forward`` builds the pair batch for the whole (Nt, Nv) block it is given, so the caller
-    keeps blocks small.
+    CLIP blocks (from text blocks 0..num_layers-1, LayerNorm eps 1e-12) with padded frames masked (the text token is
+    always valid), then CLIP4Clip's pooler: LayerNorm (eps 1e-12), first token, Linear(D, D), QuickGELU;
+    ``similarity_dense`` Linear(D, 1) gives the logit. There is no logit scale: the ``logit_scale`` argument is
+    ignored. The LayerNorm sits in the pooler, as in CLIP4Clip's code (its embedding LayerNorm is commented out).
+    12,913,153 parameters on ViT-B/32 with 4 layers. ``forward`` builds the pair batch for the whole (Nt, Nv) block it
+    is given, so the caller keeps blocks small.
     """
 
     pairwise = True
@@ -187,8 +191,8 @@ class TightTransformer(SimilarityHead):
         super().__init__()
         self.position_embeddings = nn.Embedding(context_length, width)
         self.embedding_dropout = nn.Dropout(dropout)
-        self.transformer = Transformer(width, num_layers, heads, mlp_ratio, quick_gelu)
-        self.pooler_norm = nn.LayerNorm(width, eps=1e-12)
+        self.transformer = Transformer(width, num_layers, heads, mlp_ratio, quick_gelu, norm_eps=HEAD_NORM_EPS)
+        self.pooler_norm = nn.LayerNorm(width, eps=HEAD_NORM_EPS)
         self.pooler_dense = nn.Linear(width, width)
         self.pooler_activation = QuickGELU()
         self.similarity_dense = nn.Linear(width, 1)
