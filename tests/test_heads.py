@@ -137,14 +137,21 @@ def test_seq_lstm_reads_valid_frames_in_order_wherever_the_mask_puts_them(tiny_b
 
 
 @pytest.mark.parametrize("name", list_heads())
-def test_videos_without_valid_frames_give_finite_scores(tiny_backbone, width, name):
+def test_videos_without_valid_frames_are_refused_by_position(tiny_backbone, width, name):
+    """CLIP4Clip gives NaN or raises on such a video; a silent score of 0 would hide a data bug."""
     head = tiny_head(name, tiny_backbone)
-    frames = torch.randn(2, 4, width)
-    mask = torch.tensor([[False] * 4, [True, True, False, False]])
-    logits = head(torch.randn(3, width), frames, mask, SCALE)
-    assert torch.isfinite(logits).all()
-    if isinstance(head, (PooledVideoHead, QueryScoringPooling)):
-        assert torch.equal(logits[:, 0], torch.zeros(3))
+    frames = torch.randn(4, 3, width)
+    text = torch.randn(2, width)
+    one_empty = torch.tensor([[True, True, False], [True, False, False], [False] * 3, [True] * 3])
+    with pytest.raises(ValueError, match=r"^video 2 of this batch has no valid frame \(frame_mask all False\)"):
+        head(text, frames, one_empty, SCALE)
+    two_empty = one_empty.clone()
+    two_empty[0] = False
+    with pytest.raises(ValueError, match=r"^videos 0, 2 of this batch have no valid frame"):
+        head(text, frames, two_empty, SCALE)
+    if isinstance(head, PooledVideoHead):
+        with pytest.raises(ValueError, match="video 2 of this batch"):
+            head.pool_video(frames, one_empty)
 
 
 def test_tight_transformer_scores_each_pair_as_if_alone(tiny_backbone, width):

@@ -18,7 +18,10 @@ otherwise ``build_head`` raises rather than silently training a randomly initial
 before a method wraps the text blocks: the copy reads the plain block layout.
 
 Padded frames (``frame_mask`` False) never influence a score: every head zeroes them on entry, so even NaN padding is
-harmless. A video with no valid frame pools to the zero vector (score 0) in the pooled heads and query scoring.
+harmless. A video with no valid frame is refused with an error naming its position in the batch (CLIP4Clip's code
+gives NaN or raises there; a silent score would hide a data bug). No path in petvr builds such a row: the data
+pipeline refuses a video without frames, evaluation scores the videos it encoded, and the DDP gather concatenates
+real batches (the trainer drops incomplete ones), so nothing pads a batch with empty videos.
 """
 from __future__ import annotations
 
@@ -85,7 +88,7 @@ class PooledVideoHead(SimilarityHead):
 
 @register_head("meanP")
 class MeanPooling(PooledVideoHead):
-    """meanP: normalise each frame, average the valid ones (divided by max(1, count)), renormalise. No parameters."""
+    """meanP: normalise each frame, average the valid ones, renormalise. No parameters."""
 
     @classmethod
     def from_backbone(cls, backbone: CLIP, num_layers: int = 4) -> "MeanPooling":
@@ -125,7 +128,7 @@ class SequenceLSTM(PooledVideoHead):
         valid_first = torch.argsort((~frame_mask).to(torch.int8), dim=1, stable=True)  # (Nv, T)
         restore = torch.argsort(valid_first, dim=1)
         compact = frames.gather(1, valid_first[..., None].expand(-1, -1, width))
-        lengths = frame_mask.sum(dim=1).clamp(min=1).cpu()  # an empty video runs one zero frame, then pools to zero
+        lengths = frame_mask.sum(dim=1).cpu()
         packed = pack_padded_sequence(compact, lengths, batch_first=True, enforce_sorted=False)
         output, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=num_frames)
         output = output.gather(1, restore[..., None].expand(-1, -1, width))  # back to the frames' own positions
@@ -162,9 +165,7 @@ class SequenceTransformer(PooledVideoHead):
         num_videos, num_frames = frames.shape[:2]
         _check_length(num_frames, self.frame_position_embeddings, "frames")
         x = frames + self.frame_position_embeddings.weight[:num_frames]
-        context = TowerContext(
-            "video", num_videos, num_frames, frame_mask=frame_mask, key_padding_mask=_attendable(frame_mask)
-        )
+        context = TowerContext("video", num_videos, num_frames, frame_mask=frame_mask, key_padding_mask=frame_mask)
         x = self.transformer(x, context)  # (Nv, T, D)
         return mean_pool_normalised(x + frames, frame_mask)
 
@@ -260,7 +261,7 @@ class QueryScoringPooling(SimilarityHead):
         if self.normalize_features:
             texts, frames = F.normalize(texts, dim=-1), F.normalize(frames, dim=-1)
         scores = torch.einsum("nd,vtd->nvt", texts, frames)  # (Nt, Nv, T)
-        scores = scores.masked_fill(~_attendable(frame_mask)[None], -math.inf)
+        scores = scores.masked_fill(~frame_mask[None], -math.inf)
         weights = torch.softmax(scores / self.temperature, dim=-1)
         pooled = torch.einsum("nvt,vtd->nvd", weights, frames)  # (Nt, Nv, D)
         cosine = (F.normalize(pooled, dim=-1) * F.normalize(texts, dim=-1)[:, None, :]).sum(dim=-1)
@@ -284,22 +285,26 @@ def build_head(name: str, backbone: CLIP, num_layers: int = 4, **options) -> Sim
 
 
 def mean_pool_normalised(frame_embeddings: Tensor, frame_mask: Tensor) -> Tensor:
-    """meanP pooling: (Nv, T, D), (Nv, T) -> normalise frames, masked mean / max(1, count), renormalise -> (Nv, D)."""
+    """meanP pooling: (Nv, T, D), (Nv, T) -> normalise frames, masked mean, renormalise -> (Nv, D)."""
     frame_mask = frame_mask.bool()
     frames = _zero_padded(F.normalize(frame_embeddings, dim=-1), frame_mask)
-    count = frame_mask.sum(dim=1, keepdim=True).clamp(min=1).to(frames.dtype)
+    count = frame_mask.sum(dim=1, keepdim=True).to(frames.dtype)
     return F.normalize(frames.sum(dim=1) / count, dim=-1)
 
 
 def _zero_padded(frame_embeddings: Tensor, frame_mask: Tensor) -> Tensor:
-    """Replace padded frames by zeros (``where``, not a product, so NaN or inf padding cannot leak)."""
+    """Replace padded frames by zeros (``where``, not a product, so NaN or inf padding cannot leak), after refusing a
+    video without a valid frame: (Nv, T, D), (Nv, T) bool -> (Nv, T, D)."""
+    has_frame = frame_mask.any(dim=1)
+    if not has_frame.all():
+        empty = (~has_frame).nonzero().flatten().tolist()
+        which = f"video {empty[0]} of this batch has" if len(empty) == 1 else \
+            f"videos {', '.join(map(str, empty))} of this batch have"
+        raise ValueError(
+            f"{which} no valid frame (frame_mask all False); a head scores only videos with at least one frame "
+            "(the data pipeline refuses a video it cannot decode)"
+        )
     return torch.where(frame_mask[..., None], frame_embeddings, frame_embeddings.new_zeros(()))
-
-
-def _attendable(frame_mask: Tensor) -> Tensor:
-    """The mask with empty videos opened up (all frames attendable), so softmax never sees only -inf; those videos'
-    frames are zero and their pooled vector is discarded or zero anyway."""
-    return frame_mask | ~frame_mask.any(dim=-1, keepdim=True)
 
 
 def _check_shapes(text_embeddings: Tensor, frame_embeddings: Tensor, frame_mask: Tensor) -> None:
