@@ -320,3 +320,15 @@ def test_from_adapter_finds_the_backbone_by_name_and_hash_when_the_recorded_path
     (moved / "petvr-tiny.safetensors").unlink()  # now only the bundled default is found, with another hash
     with pytest.raises(FileNotFoundError, match=r"weight hash .*tried:(.|\n)*bundled"):
         RetrievalModel.from_adapter(tmp_path / "adapter")
+
+
+def test_from_adapter_refuses_the_same_weights_under_another_activation(tmp_path):
+    """Weights hash alike under GELU and QuickGELU; the recorded config tells them apart (old 'ViT-B-32' adapters)."""
+    torch.manual_seed(3)
+    backbone = create_backbone("petvr-tiny")
+    RetrievalModel(backbone, "zero_shot").save_adapter(tmp_path / "adapter")
+    gelu = create_backbone("petvr-tiny")
+    gelu.load_state_dict(backbone.state_dict())
+    gelu.config.quick_gelu = False
+    with pytest.raises(ValueError, match=r"config differs.*quick_gelu': \(True, False\)"):
+        RetrievalModel.from_adapter(tmp_path / "adapter", backbone=gelu)

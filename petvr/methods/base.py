@@ -7,7 +7,7 @@ it encodes text and video (by default, the plain backbone) and scores them with 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..backbone import CLIP
 from ..backbone.blocks import cast_matrix_weights
+from ..typed_config import dataclass_from_dict
 
 _REGISTRY: dict[str, tuple[type["Method"], type]] = {}
 
@@ -43,12 +44,7 @@ def method_config_class(name: str) -> type:
 
 def make_method_config(name: str, **overrides: Any):
     """The method's config dataclass with the paper's defaults, overridden by ``overrides`` (unknown keys rejected)."""
-    config_class = method_config_class(name)
-    known = {f.name for f in fields(config_class)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"method {name!r} has no option(s) {unknown}; its options are {sorted(known)}")
-    return config_class(**overrides)
+    return dataclass_from_dict(method_config_class(name), overrides, f"method {name!r}")
 
 
 def create_method(name: str, backbone: CLIP, **overrides: Any) -> "Method":

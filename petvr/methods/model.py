@@ -69,6 +69,13 @@ class RetrievalModel(nn.Module):
                 f"{folder}: this adapter was trained on backbone {expected.get('name')!r} with weight hash "
                 f"{expected.get('weight_hash')}, but the given backbone has hash {model.backbone_hash}; load the "
                 "backbone it was trained on (or pass check_backbone=False if you know what you are doing)")
+        recorded_config = expected.get("config")
+        if check_backbone and recorded_config is not None and recorded_config != backbone.config.to_dict():
+            differences = {key: (recorded_config.get(key), value) for key, value in backbone.config.to_dict().items()
+                           if recorded_config.get(key) != value}
+            raise ValueError(f"{folder}: the backbone's config differs from the one this adapter was trained with "
+                             f"(recorded vs given: {differences}); the weights match, so load them under the model "
+                             f"name that fits, e.g. a '-quickgelu' name for OpenAI's activation")
         load_adapter_weights(model, folder)
         model.adapter_description = description
         return model.to(device) if device is not None else model
