@@ -47,7 +47,7 @@ def test_zero_shot_trains_nothing_and_is_registered():
 
 
 def test_unknown_options_and_methods_are_named():
-    with pytest.raises(ValueError, match="no option.*sim_head"):
+    with pytest.raises(ValueError, match="method 'clip4clip' has unknown key.*sim_head.*did you mean 'sim_header'"):
         create_method("clip4clip", create_backbone("petvr-tiny", device="meta"), sim_head="meanP")
     with pytest.raises(ValueError, match="unknown method 'clip5clip'.*clip4clip"):
         create_method("clip5clip", create_backbone("petvr-tiny", device="meta"))
