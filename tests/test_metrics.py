@@ -83,6 +83,26 @@ def test_multi_caption_text_to_video_by_hand():
     assert metrics["t2v"]["MdR"] == 2.0
 
 
+def test_multi_caption_text_to_video_median_is_the_lower_middle_rank():
+    # CLIP4Clip takes torch.median here: of the middle ranks 0 and 1 the lower, so MdR 1, where np.median gives 1.5.
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.1, 0.7], [0.5, 0.4]])
+    metrics = retrieval_metrics(scores, [0, 0, 1, 1])
+    assert ranks_from_similarity(scores, torch.tensor([0, 0, 1, 1])).tolist() == [0, 1, 0, 1]
+    assert metrics["t2v"]["MdR"] == 1.0 and metrics["t2v"]["MnR"] == 1.5
+    # video-to-text over the caption sets keeps np.median, as CLIP4Clip's compute_metrics: ranks 0 and 1 give 1.5
+    per_set = video_to_caption_set_similarity(scores, [0, 0, 1, 1])
+    assert ranks_from_similarity(per_set, torch.arange(2)).tolist() == [0, 1]
+    assert metrics["v2t"]["MdR"] == 1.5
+
+
+def test_metrics_from_ranks_medians():
+    assert metrics_from_ranks(np.array([7, 0, 3, 1]))["MdR"] == 3.0                 # (1 + 3) / 2 + 1
+    assert metrics_from_ranks(np.array([7, 0, 3, 1]), median="lower")["MdR"] == 2.0  # 1 + 1
+    assert metrics_from_ranks(np.array([7, 0, 3]), median="lower")["MdR"] == 4.0     # odd count: the middle one
+    with pytest.raises(ValueError, match="unknown median 'mean'"):
+        metrics_from_ranks(np.array([0]), median="mean")
+
+
 def test_multi_caption_video_to_text_max_over_captions_by_hand():
     # [j, k] = max over captions of video k of S[c, j]
     expected = torch.tensor([
@@ -118,12 +138,72 @@ def test_multi_caption_video_to_text_best_caption_rank_by_hand():
     assert per_set["MnR"] == pytest.approx(1 + 2 / 3)  # its set behind the sets of videos 0 and 2
 
 
+# texts x videos with ties; text i belongs to video i
+TIED = torch.tensor([
+    [0.5, 0.5, 0.2],
+    [0.9, 0.1, 0.1],
+    [0.3, 0.3, 0.3],
+])
+
+
+def test_official_ties_count_every_tied_position_by_hand():
+    # T2V: row 0's 0.5 sits at sorted positions 0 and 1; row 1's 0.1 at 1 and 2; row 2's 0.3 at 0, 1 and 2.
+    assert ranks_from_similarity(TIED, torch.arange(3), ties="official").tolist() == [0, 1, 1, 2, 0, 1, 2]
+    metrics = retrieval_metrics(TIED, ties="official")
+    assert metrics["t2v"] == pytest.approx({"R@1": 200 / 7, "R@5": 100.0, "R@10": 100.0, "R@50": 100.0,
+                                            "MdR": 2.0, "MnR": 1 + 7 / 7, "queries": 3, "ranked": 7})
+    # V2T columns have no tie with their positive: one rank each (1, 2, 0), no "ranked".
+    assert metrics["v2t"] == pytest.approx({"R@1": 100 / 3, "R@5": 100.0, "R@10": 100.0, "R@50": 100.0,
+                                            "MdR": 2.0, "MnR": 2.0, "queries": 3})
+    assert retrieval_metrics(TIED)["t2v"]["R@1"] == pytest.approx(100 / 3)   # stable: ranks 0, 1, 2
+    assert "t2v ranks 7 tied positions" in format_metrics_table(metrics)
+
+
+def official_square_ranks(scores):
+    """CLIP4Clip's compute_metrics rule, written out: every position of the sorted row equal to the positive's score."""
+    ranks = []
+    for i, row in enumerate(scores):
+        ordered = sorted(row.tolist(), reverse=True)
+        ranks += [position for position, value in enumerate(ordered) if value == row[i]]
+    return np.array(ranks)
+
+
+def test_official_ties_on_a_heavily_tied_matrix_match_the_rule_written_out():
+    scores = np.random.default_rng(0).integers(0, 4, size=(200, 200)).astype(np.float32)
+    for direction, matrix in (("t2v", scores), ("v2t", scores.T)):
+        expected = official_square_ranks(matrix)
+        metrics = retrieval_metrics(scores, ties="official")[direction]
+        assert metrics["queries"] == 200 and metrics["ranked"] == len(expected) > 9_000
+        assert metrics["MdR"] == np.median(expected) + 1 and metrics["MnR"] == pytest.approx(np.mean(expected) + 1)
+        for k in (1, 5, 10, 50):
+            assert metrics[f"R@{k}"] == pytest.approx(100 * np.mean(expected < k))
+    untied = torch.randn(30, 30, generator=torch.Generator().manual_seed(2))
+    assert retrieval_metrics(untied, ties="official")["t2v"] == retrieval_metrics(untied)["t2v"]
+
+
+def test_official_ties_with_several_captions_per_video():
+    scores = torch.tensor(np.random.default_rng(1).integers(0, 3, size=(12, 4)).astype(np.float32))
+    caption_to_video = [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    official = retrieval_metrics(scores, caption_to_video, ties="official")
+    # text-to-video: CLIP4Clip's argsort leaves the order among ties unspecified; ours is the stable rule
+    assert official["t2v"] == retrieval_metrics(scores, caption_to_video)["t2v"]
+    # video-to-text: compute_metrics on the max-over-captions matrix, every tied position counted
+    expected = official_square_ranks(video_to_caption_set_similarity(scores, caption_to_video).numpy())
+    assert official["v2t"]["ranked"] == len(expected) > 4
+    assert official["v2t"]["MnR"] == pytest.approx(np.mean(expected) + 1)
+    with pytest.raises(ValueError, match="not CLIP4Clip's protocol"):
+        retrieval_metrics(scores, caption_to_video, v2t_protocol="best_caption_rank", ties="official")
+    with pytest.raises(ValueError, match="one ground-truth column per query"):
+        ranks_from_similarity(scores, scores > 1, ties="official")
+
+
 def test_one_caption_per_video_mapping_equals_square_protocol():
     scores = torch.randn(7, 7, generator=torch.Generator().manual_seed(1))
-    plain = retrieval_metrics(scores)
-    for protocol in ("max_over_captions", "best_caption_rank"):
-        mapped = retrieval_metrics(scores, list(range(7)), v2t_protocol=protocol)
-        assert mapped["t2v"] == plain["t2v"] and mapped["v2t"] == plain["v2t"]
+    for ties in ("stable", "official"):
+        plain = retrieval_metrics(scores, ties=ties)
+        for protocol in ("max_over_captions", "best_caption_rank"):
+            mapped = retrieval_metrics(scores, list(range(7)), v2t_protocol=protocol, ties=ties)
+            assert mapped["t2v"] == plain["t2v"] and mapped["v2t"] == plain["v2t"]
 
 
 def test_errors_are_explicit():
@@ -150,3 +230,4 @@ def test_result_is_json_serialisable_and_prints_as_a_table():
     assert lines[1].split() == ["t2v", "40.0", "100.0", "100.0", "100.0", "2.0", "1.8", "5"]
     assert lines[2].split()[0] == "v2t" and lines[2].split()[-1] == "3"
     assert "max_over_captions" in lines[3]
+

@@ -4,19 +4,37 @@ A rank is the 0-based position of the ground truth among the candidates sorted b
 ``R@K = 100 mean(rank < K)``, ``MdR = median(rank) + 1``, ``MnR = mean(rank) + 1``. Text-to-video uses the
 similarity S (texts x videos) row by row, video-to-text uses S^T.
 
-**Ties.** CLIP4Clip sorts with ``np.argsort(-S)``, whose order among equal scores is unspecified. We make it
-deterministic. ``ties="stable"`` (the default) is the position in a stable sort: candidates with a strictly higher
-score, plus tied candidates with a lower index (``np.argsort(-S, kind="stable")``); a constant S then scores like
-chance. ``ties="pessimistic"`` counts every tied non-ground-truth candidate ahead of the ground truth, so a degenerate
-model that gives many candidates the same score cannot gain from ties.
+**Ties.** CLIP4Clip's square metrics (``compute_metrics``) sort each row's scores and take every position whose score
+equals the ground truth's: a query with tied scores contributes several ranks, and R@K, MdR and MnR are taken over all
+of them (a 200 x 200 matrix of scores drawn from {0, 1, 2, 3} gives about 10,000 ranks for 200 queries). Its
+multi-caption text-to-video metrics rank by a double argsort instead, one rank per query, in an unspecified order
+among ties. Our default is one deterministic rank per query:
 
-**Several captions per video** (MSVD, VATEX; ``caption_to_video`` gives each caption's video): every caption is a
-text query whose positive is its video. Video-to-text has two protocols:
+- ``ties="stable"`` (the default): the position in a stable sort, i.e. candidates with a strictly higher score plus
+  tied candidates with a lower index (``np.argsort(-S, kind="stable")``); a constant S then scores like chance.
+- ``ties="pessimistic"``: every tied non-ground-truth candidate counts ahead of the ground truth, so a degenerate
+  model that gives many candidates the same score cannot gain from ties.
+- ``ties="official"``: CLIP4Clip's numbers, for comparing with a paper. Where CLIP4Clip uses ``compute_metrics``
+  (both square directions, multi-caption video-to-text) every tied position counts; multi-caption text-to-video
+  uses the stable rule (CLIP4Clip's tie order there is unspecified). ``"best_caption_rank"`` is not CLIP4Clip's and
+  refuses it. Without ties all three rules agree.
+
+Every direction reports ``queries``, the number of queries; when tied positions make the ranks outnumber them
+(``ties="official"`` only), ``ranked`` gives the number of ranks averaged over.
+
+**Several captions per video** (MSVD, VATEX; ``caption_to_video`` gives each caption's video, and some video has more
+than one; a one-to-one mapping is the square protocol): every caption is a text query whose positive is its video.
+Video-to-text has two protocols:
 
 - ``"max_over_captions"`` (CLIP4Clip): the candidates are the videos' caption sets; the score of candidate set k for
   video j is the max over k's captions of S[c, j], and the positive is j's own set. The matrix is (N_v, N_v).
 - ``"best_caption_rank"``: the candidates are all N_t captions; the rank is that of the best-ranked caption of the
   video. Numbers differ from CLIP4Clip's and are not comparable with them.
+
+**Median.** With an even number of ranks, ``median="midpoint"`` averages the two middle ones (``np.median``) and
+``median="lower"`` takes the lower (``torch.median``). As in CLIP4Clip, multi-caption text-to-video uses the lower
+median; every other direction uses the midpoint: both square directions and ``"max_over_captions"`` (CLIP4Clip's
+``np.median``), and ``"best_caption_rank"`` (ours, not CLIP4Clip's).
 """
 from __future__ import annotations
 
@@ -24,7 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-TIE_RULES = ("stable", "pessimistic")
+TIE_RULES = ("stable", "pessimistic", "official")
+MEDIANS = ("midpoint", "lower")
 V2T_PROTOCOLS = ("max_over_captions", "best_caption_rank")
 DEFAULT_KS = (1, 5, 10, 50)
 _ROW_CHUNK = 2048
@@ -42,10 +61,17 @@ def _as_cpu_tensor(similarity: Tensor | np.ndarray) -> Tensor:
 
 
 def _ranks_of_positives(scores: Tensor, positives: Tensor, ties: str) -> Tensor:
-    """0-based rank of the best-ranked positive of each row. scores (q, C) float, positives (q, C) bool."""
+    """0-based rank of the best-ranked positive of each row. scores (q, C) float, positives (q, C) bool.
+
+    Under ``ties="official"`` (one positive per row) the result is flat: every position tied with the positive, row
+    after row, so rows with ties contribute several ranks."""
     best = scores.masked_fill(~positives, float("-inf")).amax(dim=1, keepdim=True)  # (q, 1)
     greater = (scores > best).sum(dim=1)
     tied = scores == best
+    if ties == "official":
+        count = tied.sum(dim=1)  # (q,), at least 1: the positive itself
+        first_of_row = torch.repeat_interleave(count.cumsum(0) - count, count)
+        return torch.repeat_interleave(greater, count) + torch.arange(int(count.sum())) - first_of_row
     if ties == "pessimistic":
         return greater + (tied & ~positives).sum(dim=1)
     candidate_index = torch.arange(scores.shape[1])
@@ -61,13 +87,17 @@ def ranks_from_similarity(
     """0-based rank of the ground truth for each query row of ``similarity`` (Q, C).
 
     ``ground_truth`` is either (Q,) integer column indices, or a (Q, C) boolean mask of positives, in which case the
-    best-ranked positive counts. See the module docstring for the tie rules. Returns (Q,) int64.
+    best-ranked positive counts. See the module docstring for the tie rules. Returns (Q,) int64; under
+    ``ties="official"`` (integer ground truth only) every tied position of each row, row after row: (>= Q,) int64.
     """
     if ties not in TIE_RULES:
         raise ValueError(f"unknown tie rule {ties!r}; choose one of {TIE_RULES}")
     scores = _as_cpu_tensor(similarity)
     num_queries, num_candidates = scores.shape
     truth = torch.as_tensor(ground_truth).cpu()
+    if truth.dtype == torch.bool and ties == "official":
+        raise ValueError("ties='official' ranks one ground-truth column per query (CLIP4Clip's compute_metrics); "
+                         "a mask of several positives has no official tie rule")
     if truth.dtype == torch.bool:
         if truth.shape != scores.shape:
             raise ValueError(f"positive mask shape {tuple(truth.shape)} differs from similarity {tuple(scores.shape)}")
@@ -92,15 +122,26 @@ def ranks_from_similarity(
     return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
 
 
-def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, float]:
-    """R@K (percent), MdR and MnR (1-based) from 0-based ranks, plus the number of queries."""
-    ranks = np.asarray(ranks)
+def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = DEFAULT_KS, median: str = "midpoint",
+                       queries: int | None = None) -> dict[str, float]:
+    """R@K (percent), MdR and MnR (1-based) from 0-based ranks, plus the number of queries.
+
+    ``median`` is ``"midpoint"`` (``np.median``) or ``"lower"`` (``torch.median``): see the module docstring.
+    ``queries`` defaults to the number of ranks; when it is given and differs (``ties="official"`` counts every tied
+    position), the number of ranks is reported as ``ranked``.
+    """
+    if median not in MEDIANS:
+        raise ValueError(f"unknown median {median!r}; choose one of {MEDIANS}")
+    ranks = np.sort(np.asarray(ranks))
     if ranks.size == 0:
         raise ValueError("no queries to compute metrics on")
     metrics: dict[str, float] = {f"R@{k}": float(100.0 * np.mean(ranks < k)) for k in ks}
-    metrics["MdR"] = float(np.median(ranks) + 1)
+    middle = ranks[(ranks.size - 1) // 2] if median == "lower" else np.median(ranks)
+    metrics["MdR"] = float(middle + 1)
     metrics["MnR"] = float(np.mean(ranks) + 1)
-    metrics["queries"] = int(ranks.size)
+    metrics["queries"] = int(ranks.size if queries is None else queries)
+    if ranks.size != metrics["queries"]:
+        metrics["ranked"] = int(ranks.size)
     return metrics
 
 
@@ -140,11 +181,14 @@ def retrieval_metrics(
     """Both directions from S (N_t texts, N_v videos).
 
     Without ``caption_to_video`` S must be square with text i paired with video i (MSR-VTT 1k-A, LSMDC, DiDeMo,
-    ActivityNet paragraphs). With it (N_t,), see the module docstring. Returns a JSON-serialisable dict:
-    ``{"t2v": {"R@1": .., ..., "MdR": .., "MnR": .., "queries": ..}, "v2t": {...}, "v2t_protocol": .., "ties": ..}``.
+    ActivityNet paragraphs). With it (N_t,), see the module docstring (tie rules, medians). Returns a
+    JSON-serialisable dict: ``{"t2v": {"R@1": .., ..., "MdR": .., "MnR": .., "queries": ..}, "v2t": {...},
+    "v2t_protocol": .., "ties": ..}`` (and ``ranked`` in a direction whose tied positions outnumber its queries).
     """
     if v2t_protocol not in V2T_PROTOCOLS:
         raise ValueError(f"unknown video-to-text protocol {v2t_protocol!r}; choose one of {V2T_PROTOCOLS}")
+    if ties not in TIE_RULES:
+        raise ValueError(f"unknown tie rule {ties!r}; choose one of {TIE_RULES}")
     scores = _as_cpu_tensor(similarity)
     num_texts, num_videos = scores.shape
     if caption_to_video is None:
@@ -154,15 +198,24 @@ def retrieval_metrics(
         index = torch.arange(num_texts)
     else:
         index = _check_caption_to_video(caption_to_video, num_texts, num_videos)
-    t2v = ranks_from_similarity(scores, index, ties)
-    if v2t_protocol == "max_over_captions":
-        v2t = ranks_from_similarity(video_to_caption_set_similarity(scores, index), torch.arange(num_videos), ties)
+    multi_caption = num_texts != num_videos  # every video has a caption, so equal counts mean one each
+    if not multi_caption:  # the square protocol, whatever v2t_protocol says (both reduce to it)
+        t2v = ranks_from_similarity(scores, index, ties)
+        v2t = ranks_from_similarity(scores.t(), torch.argsort(index), ties)  # video j's caption
     else:
-        positives = index.unsqueeze(0) == torch.arange(num_videos).unsqueeze(1)  # (N_v, N_t)
-        v2t = ranks_from_similarity(scores.t(), positives, ties)
+        if v2t_protocol == "best_caption_rank" and ties == "official":
+            raise ValueError("ties='official' has no meaning for v2t_protocol='best_caption_rank', which is not "
+                             "CLIP4Clip's protocol; use 'max_over_captions' to compare with CLIP4Clip")
+        # CLIP4Clip ranks each caption by argsort here, in an unspecified order among ties: ours is the stable one
+        t2v = ranks_from_similarity(scores, index, "stable" if ties == "official" else ties)
+        if v2t_protocol == "max_over_captions":
+            v2t = ranks_from_similarity(video_to_caption_set_similarity(scores, index), torch.arange(num_videos), ties)
+        else:
+            positives = index.unsqueeze(0) == torch.arange(num_videos).unsqueeze(1)  # (N_v, N_t)
+            v2t = ranks_from_similarity(scores.t(), positives, ties)
     return {
-        "t2v": metrics_from_ranks(t2v, ks),
-        "v2t": metrics_from_ranks(v2t, ks),
+        "t2v": metrics_from_ranks(t2v, ks, median="lower" if multi_caption else "midpoint", queries=num_texts),
+        "v2t": metrics_from_ranks(v2t, ks, queries=num_videos),
         "v2t_protocol": v2t_protocol,
         "ties": ties,
     }
@@ -171,7 +224,7 @@ def retrieval_metrics(
 def format_metrics_table(metrics: dict) -> str:
     """A fixed-width table of ``retrieval_metrics``' result: one row per direction."""
     directions = [name for name in ("t2v", "v2t") if name in metrics]
-    columns = [key for key in metrics[directions[0]] if key != "queries"]
+    columns = [key for key in metrics[directions[0]] if key not in ("queries", "ranked")]
     width = max(7, *(len(column) + 2 for column in columns))
     lines = ["direction" + "".join(f"{column:>{width}}" for column in columns) + f"{'queries':>{width + 2}}"]
     for name in directions:
@@ -179,6 +232,8 @@ def format_metrics_table(metrics: dict) -> str:
         lines.append(f"{name:<9}" + "".join(f"{row[column]:>{width}.1f}" for column in columns)
                      + f"{row['queries']:>{width + 2}d}")
     notes = [f"{key}={metrics[key]}" for key in ("v2t_protocol", "ties") if key in metrics]
+    notes += [f"{name} ranks {metrics[name]['ranked']} tied positions" for name in directions
+              if "ranked" in metrics[name]]
     if notes:
         lines.append("(" + ", ".join(notes) + ")")
     return "\n".join(lines)
