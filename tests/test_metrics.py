@@ -231,3 +231,17 @@ def test_result_is_json_serialisable_and_prints_as_a_table():
     assert lines[2].split()[0] == "v2t" and lines[2].split()[-1] == "3"
     assert "max_over_captions" in lines[3]
 
+
+def test_evaluate_split_passes_the_tie_rule_on(monkeypatch):
+    from pathlib import Path
+
+    from petvr.data.records import RetrievalSplit, VideoRecord
+    from petvr.evaluation import evaluate
+
+    videos = [VideoRecord(f"v{i}", Path(f"v{i}.mp4"), "test", [f"caption {i}"]) for i in range(3)]
+    monkeypatch.setattr(evaluate, "encode_captions", lambda *args, **kwargs: None)
+    monkeypatch.setattr(evaluate, "encode_videos", lambda *args, **kwargs: (None, None))
+    monkeypatch.setattr(evaluate, "similarity_matrix", lambda *args, **kwargs: TIED)
+    metrics = evaluate.evaluate_split(torch.nn.Module(), RetrievalSplit("toy", "test", videos), None, None,
+                                      progress=False, ties="official")
+    assert metrics["ties"] == "official" and metrics["t2v"]["ranked"] == 7

@@ -57,8 +57,10 @@ def similarity_matrix(model: nn.Module, text_embeddings: Tensor, frame_embedding
 @torch.no_grad()
 def evaluate_split(model: nn.Module, split: RetrievalSplit, frames: FrameSource, tokenizer: Tokenizer,
                    batch_size: int = 16, num_workers: int = 0, device: torch.device | str = "cpu",
-                   progress: bool = True) -> dict:
-    """Retrieval metrics of ``model`` on ``split`` (both directions; multi-caption protocol when it applies)."""
+                   progress: bool = True, ties: str = "stable") -> dict:
+    """Retrieval metrics of ``model`` on ``split`` (both directions; multi-caption protocol when it applies).
+
+    ``ties="official"`` gives CLIP4Clip's numbers for comparing with a paper (``retrieval_metrics``' tie rules)."""
     was_training = model.training
     model.eval()
     queries = split.queries()
@@ -68,6 +70,6 @@ def evaluate_split(model: nn.Module, split: RetrievalSplit, frames: FrameSource,
     frame_embeddings, frame_mask = encode_videos(model, VideoDataset(split.videos, frames), batch_size, num_workers,
                                                  device, progress)
     similarity = similarity_matrix(model, text, frame_embeddings, frame_mask, progress=progress)
-    metrics = retrieval_metrics(similarity, caption_to_video)  # one caption per video reduces to the square case
+    metrics = retrieval_metrics(similarity, caption_to_video, ties=ties)  # one caption per video: the square case
     model.train(was_training)
     return metrics
