@@ -91,3 +91,14 @@ def test_similarity_shapes_for_every_head():
         with torch.no_grad():
             logits = model.similarity(model.encode_text(token_ids, token_ids != 0), model.encode_video(frames, mask), mask)
         assert logits.shape == (3, 2) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("head", ["meanP", "seqLSTM", "seqTransf", "tightTransf"])
+def test_a_video_without_frames_is_refused_by_the_model_not_scored(head):
+    """CLIP4Clip scores such a video NaN (meanP, seqTransf) or raises (seqLSTM); petvr names its batch position."""
+    torch.manual_seed(0)
+    model = RetrievalModel(create_backbone("petvr-tiny"), "clip4clip", sim_header=head).eval()
+    token_ids = torch.tensor([[49406, 320, 49407], [49406, 321, 49407]])
+    frames, mask = torch.randn(2, 2, 3, 64, 64), torch.tensor([[True, True], [False, False]])
+    with torch.no_grad(), pytest.raises(ValueError, match="video 1 of this batch has no valid frame"):
+        model(token_ids, token_ids != 0, frames, mask)
