@@ -232,17 +232,20 @@ class BertStyleLayerNorm(nn.Module):
         return self.weight * centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + self.eps) + self.bias
 
 
-def clip4clip_reference_blocks(head, width, heads):
-    """CLIP4Clip's cross blocks written with open_clip's Transformer (nn.MultiheadAttention blocks) and the BERT-style
-    LayerNorm, fed the head's weights; non-zero LayerNorm biases first, so a mix-up of weights would show."""
+def head_and_clip4clip_reference(name, backbone):
+    """Head ``name`` and CLIP4Clip's cross blocks written with open_clip's Transformer (nn.MultiheadAttention blocks)
+    and the BERT-style LayerNorm, fed the head's weights; non-zero LayerNorm biases first, so a mix-up of weights would
+    show. Returns (head, reference blocks, number of attention heads)."""
     from open_clip.transformer import QuickGELU, Transformer
 
+    head = tiny_head(name, backbone)
+    heads = backbone.config.text.heads
     for block in head.transformer.resblocks:
         block.ln_1.bias.data.normal_(std=0.1)
-    reference = Transformer(width, len(head.transformer.resblocks), heads, act_layer=QuickGELU,
+    reference = Transformer(backbone.config.embed_dim, len(head.transformer.resblocks), heads, act_layer=QuickGELU,
                             norm_layer=BertStyleLayerNorm, batch_first=True)
     reference.load_state_dict(head.transformer.state_dict())
-    return reference
+    return head, reference, heads
 
 
 def additive_key_mask(key_mask, heads):
@@ -256,10 +259,7 @@ FEATURE_SCALES = [1.0, 1e-3]  # at 1e-3 the LayerNorm epsilon shows: 1e-5 instea
 
 @pytest.mark.parametrize("scale", FEATURE_SCALES)
 def test_seq_transformer_matches_clip4clip_computed_with_open_clip_blocks(tiny_backbone, width, scale):
-    torch.manual_seed(3)
-    head = tiny_head("seqTransf", tiny_backbone)
-    heads = tiny_backbone.config.text.heads
-    reference = clip4clip_reference_blocks(head, width, heads)
+    head, reference, heads = head_and_clip4clip_reference("seqTransf", tiny_backbone)
 
     frames = torch.randn(3, 5, width) * scale
     frame_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
@@ -274,10 +274,7 @@ def test_seq_transformer_matches_clip4clip_computed_with_open_clip_blocks(tiny_b
 
 @pytest.mark.parametrize("scale", FEATURE_SCALES)
 def test_tight_transformer_matches_clip4clip_computed_with_open_clip_blocks(tiny_backbone, width, scale):
-    torch.manual_seed(4)
-    head = tiny_head("tightTransf", tiny_backbone)
-    heads = tiny_backbone.config.text.heads
-    reference = clip4clip_reference_blocks(head, width, heads)
+    head, reference, heads = head_and_clip4clip_reference("tightTransf", tiny_backbone)
     with torch.no_grad():
         head.pooler_norm.bias.normal_(std=0.1)
         head.similarity_dense.bias.normal_(std=0.1)
