@@ -71,6 +71,9 @@ def test_train_then_eval_from_the_command_line(world, tmp_path, capsys):
     assert "t2v" in printed and "v2t" in printed
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["t2v"]["queries"] == 6  # the tiny world's test split: 6 videos, one query each
+    assert metrics["ties"] == "stable"
+    main(["eval", str(adapter), "--set", 'data.ties="official"', "--json", str(tmp_path / "official.json")])
+    assert json.loads((tmp_path / "official.json").read_text())["ties"] == "official"
 
     other = create_backbone("petvr-tiny")  # a different backbone: the adapter must refuse it
     with pytest.raises(ValueError, match="weight hash"):

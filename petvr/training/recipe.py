@@ -9,7 +9,8 @@ shipped in ``petvr/recipes/`` (``<dataset>/<method>``). Relative data paths reso
                 its tables are merged key by key under this file's, bases of bases too
     [backbone]  name, checkpoint (optional)
     [method]    name plus the method's config fields
-    [data]      dataset, root, expand_sentences, max_words, cache_dir, num_workers, batch_size_val, skip_unreadable
+    [data]      dataset, root, expand_sentences, max_words, cache_dir, num_workers, batch_size_val, skip_unreadable,
+                ties (the metrics' tie rule: "stable", "pessimistic" or "official", CLIP4Clip's numbers)
     [data.sampling]   SamplingConfig fields (image_size defaults to the backbone's)
     [data.train] / [data.test]   keyword arguments of the dataset's reader (see ``petvr.data.readers``)
     [train]     TrainConfig fields plus output_dir

@@ -64,14 +64,18 @@ def read_split(recipe: dict, which: str, sampling: SamplingConfig | None = None,
 
 def make_evaluator(recipe: dict, model: RetrievalModel, device, progress: bool = True,
                    split: RetrievalSplit | None = None):
-    """A function ``model -> metrics`` on the recipe's test split (read and cached once, unless given)."""
+    """A function ``model -> metrics`` on the recipe's test split (read and cached once, unless given).
+
+    ``data.ties`` picks the tie rule of the metrics (default ``"stable"``; ``"official"`` reproduces CLIP4Clip's
+    numbers for comparing with a paper, see ``petvr.evaluation.metrics``)."""
     data = recipe["data"]
     sampling = sampling_config(recipe, model.backbone, train=False)
     split = split if split is not None else read_split(recipe, "test", sampling)
     frames = FrameSource(sampling, data.get("cache_dir") or None)
     tokenizer = Tokenizer(data.get("max_words", 32))
     return lambda m: evaluate_split(m, split, frames, tokenizer, batch_size=data.get("batch_size_val", 16),
-                                    num_workers=data.get("num_workers", 0), device=device, progress=progress)
+                                    num_workers=data.get("num_workers", 0), device=device, progress=progress,
+                                    ties=data.get("ties", "stable"))
 
 
 def run_recipe(recipe: dict, output_dir: str | Path | None = None, resume: bool = True) -> dict:
