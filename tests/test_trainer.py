@@ -96,7 +96,7 @@ def test_a_checkpoint_write_killed_half_way_leaves_the_previous_one(tmp_path, mo
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed while writing")
 
-    monkeypatch.setattr(torch, "save", killed)
+    monkeypatch.setattr("petvr.training.trainer.save_state", killed)  # the training state: the last file written
     trainer.step += 1
     with pytest.raises(KeyboardInterrupt):
         trainer.save_checkpoint()

@@ -3,7 +3,8 @@
 Reading happens in three steps, each its own function:
 
 1. ``read_checkpoint(path)`` detects the container (TorchScript archive, ``torch.save`` pickle, safetensors file,
-   Hugging Face folder) and returns its tensors. Pickles are read with ``torch.load(weights_only=True)`` only.
+   Hugging Face folder) and returns its tensors. Pickles are read with ``torch.load(weights_only=True)`` only, and
+   TorchScript archives as data (``torchscript.py``), never with ``torch.jit.load``: no code from a file runs on load.
 2. ``to_petvr_state_dict`` recognises the key layout (OpenAI / open_clip, Hugging Face ``CLIPModel``, petvr) and renames
    and reshapes the tensors into petvr's keys (OpenAI's keys with the text tower under ``text.``).
 3. ``infer_config`` reads the architecture from the tensor shapes, as OpenAI's ``build_model`` does; heads and the
@@ -40,6 +41,7 @@ from ..atomic import atomic_write
 from ..errors import DataError
 from .clip import CLIP
 from .config import QUICK_GELU_SUFFIX, CLIPConfig, TextConfig, VisionConfig, get_model_config, list_model_configs
+from .torchscript import read_torchscript_weights
 
 SUPPORTED_FORMATS = (
     "OpenAI TorchScript archive (e.g. ViT-B-32.pt as OpenAI ships it)",
@@ -159,14 +161,14 @@ def _read_torchscript(path: Path) -> RawCheckpoint:
     """OpenAI's archives: the parameters of the scripted model (its buffers, such as ``attn_mask``, and the scalar
     attributes ``input_resolution`` / ``context_length`` / ``vocab_size`` are not weights). The archive also keeps
     its modules' classes, so the MLP activation (``QuickGELU`` in OpenAI's, ``GELU`` in a traced open_clip GELU
-    model) is read from them."""
+    model) is read from them. Read as data: the archive's code is never compiled or run."""
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as error:  # TorchScript raises RuntimeError and friends with long C++ traces
-        raise CheckpointError(path, f"corrupt TorchScript archive: {str(error).splitlines()[0]}") from error
-    activations = {_TORCHSCRIPT_ACTIVATIONS[sub.original_name] for _, sub in module.named_modules()
-                   if sub.original_name in _TORCHSCRIPT_ACTIVATIONS}
-    return RawCheckpoint(path, "TorchScript", {name: p.detach() for name, p in module.named_parameters()},
+        archive = read_torchscript_weights(path)
+    except DataError as error:
+        raise CheckpointError(path, error.problem) from None
+    activations = {_TORCHSCRIPT_ACTIVATIONS[name] for name in archive.module_classes.values()
+                   if name in _TORCHSCRIPT_ACTIVATIONS}
+    return RawCheckpoint(path, "TorchScript", archive.parameters,
                          quick_gelu=activations.pop() if len(activations) == 1 else None)
 
 

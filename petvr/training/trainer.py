@@ -4,7 +4,9 @@ One code path for one process and for ``torchrun`` (DDP): each rank encodes its 
 embeddings are all-gathered with gradient, and every rank computes the loss on the global batch, so the gradients
 equal single-process training on that batch. Pairwise heads (tightTransf) score only the local batch, as
 CLIP4Clip does. Checkpoints hold the trained weights (an adapter folder) plus the optimizer, scheduler, RNG and
-progress; resuming replays the same batches in the same order, so the loss curve continues as if uninterrupted.
+progress (``training_state.safetensors`` + ``training_state.json``, no pickle: resuming someone else's run folder runs
+no code from it); resuming replays the same batches in the same order, so the loss curve continues as if
+uninterrupted.
 """
 from __future__ import annotations
 
@@ -28,8 +30,10 @@ from ..atomic import atomic_write_folder, atomic_write_json
 from .distributed import all_gather_with_grad, barrier, is_main_process, rank, world_size
 from .losses import symmetric_infonce
 from .optim import build_optimizer
+from .state import load_state, save_state
 
-TRAINING_STATE = "training_state.pt"
+TRAINING_STATE = "training_state"  # .safetensors (tensors) + .json (the rest)
+PICKLED_TRAINING_STATE = "training_state.pt"  # written before the format above; never unpickled
 RESUMABLE_CHANGES = ("checkpoint_every_steps", "keep_checkpoints")  # may change between stop and resume
 PRECISIONS = ("fp32", "bf16", "fp16-weights")
 
@@ -277,7 +281,7 @@ class Trainer:
 
         def write(tmp: Path) -> None:
             write_adapter_files(self.model, tmp, self.recipe, metrics)
-            torch.save(state, tmp / TRAINING_STATE)
+            save_state(state, tmp, TRAINING_STATE)
 
         atomic_write_folder(folder, write)
         atomic_write_json(self.run_dir / "latest.json", {"checkpoint": folder.name, "step": self.step})
@@ -299,7 +303,11 @@ class Trainer:
         if not pointer.exists():
             return False
         folder = self.run_dir / "checkpoints" / json.loads(pointer.read_text())["checkpoint"]
-        state = torch.load(folder / TRAINING_STATE, map_location="cpu", weights_only=False)
+        if (folder / PICKLED_TRAINING_STATE).exists() and not (folder / f"{TRAINING_STATE}.json").exists():
+            raise ValueError(f"{folder / PICKLED_TRAINING_STATE}: a training state in the old pickle format, which "
+                             "petvr does not load because unpickling a file can run code from it; start over "
+                             "(--no-resume) or use another output folder")
+        state = load_state(folder, TRAINING_STATE)
         changed = {key: (value, getattr(self.config, key)) for key, value in state["train_config"].items()
                    if key not in RESUMABLE_CHANGES and _plain(getattr(self.config, key, None)) != _plain(value)}
         if changed:
