@@ -1,4 +1,4 @@
-"""The ``petvr`` command: pretrain, train, eval, demo, cache, data preview, methods, recipes."""
+"""The ``petvr`` command: pretrain, train, eval, compare, demo, cache, data preview, methods, recipes."""
 from __future__ import annotations
 
 import argparse
@@ -27,10 +27,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .evaluation.metrics import format_metrics_table
+    from .methods import RetrievalModel
     from .training.recipe import apply_override, load_recipe
     from .training.run import make_evaluator
-
-    from .methods import RetrievalModel
 
     model = RetrievalModel.from_adapter(args.checkpoint, device=args.device)
     description = model.adapter_description
@@ -44,6 +43,22 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(format_metrics_table(metrics))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from .compare import compare, markdown_table, write_results
+
+    extra_splits = {}
+    for assignment in args.split:
+        name, _, table = assignment.partition("=")
+        try:
+            extra_splits[name] = json.loads(table)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"--split {assignment!r}: expected NAME='{{\"annotation_dir\": ...}}' (JSON): {error}")
+    rows = compare(args.entries, args.runs_dir, args.set, extra_splits, args.device)
+    paths = write_results(rows, args.out, title=args.title)
+    print(markdown_table(rows))
+    print("written: " + ", ".join(str(path) for path in paths.values()))
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -145,6 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
     evaluate.add_argument("--device", default="cuda" if _cuda() else "cpu", help="default: cuda when available")
     evaluate.set_defaults(run=_cmd_eval)
+
+    comparison = commands.add_parser(
+        "compare", help="train what is not trained yet, evaluate, and write the PETL results table and plot")
+    comparison.add_argument("entries", nargs="+", help="recipes (files or shipped names) or run folders")
+    comparison.add_argument("--runs-dir", default="runs", help="where recipes are trained (one folder each)")
+    comparison.add_argument("--out", default="comparison", help="folder for comparison.md / .csv / .png")
+    comparison.add_argument("--set", action="append", default=[], help="override for every recipe: section.key=value")
+    comparison.add_argument("--split", action="append", default=[],
+                            help="an extra test split: NAME='{JSON [data.test] table}' (e.g. the temporal split)")
+    comparison.add_argument("--title", default="", help="the plot's title")
+    comparison.add_argument("--device", default="cuda" if _cuda() else "cpu", help="default: cuda when available")
+    comparison.set_defaults(run=_cmd_compare)
 
     demo = commands.add_parser("demo", help="zero-shot vs trained on the synthetic world, end to end")
     demo.add_argument("--workdir", default="demo-run")

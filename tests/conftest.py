@@ -55,3 +55,32 @@ def tiny_backbone():
 
     torch.manual_seed(0)
     return create_backbone("petvr-tiny").eval()
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """A tiny synthetic world (one collection, "studio") and a random petvr-tiny checkpoint beside it."""
+    import torch
+
+    from petvr.backbone import save_backbone
+    from petvr.synthetic import generate_world
+
+    root = tmp_path_factory.mktemp("world")
+    generate_world(root / "world", size="tiny", collections=("studio",))
+    torch.manual_seed(0)
+    save_backbone(create_backbone("petvr-tiny"), root / "tiny.safetensors")
+    return root
+
+
+@pytest.fixture
+def world_overrides(world):
+    """``world_overrides(run_dir)``: recipe overrides that train the shipped synthetic recipe on ``world`` for one
+    epoch into ``run_dir``."""
+
+    def overrides(run_dir):
+        return [f"backbone.checkpoint=\"{world / 'tiny.safetensors'}\"", f"data.root=\"{world / 'world' / 'studio'}\"",
+                f"data.cache_dir=\"{world / 'cache'}\"", "train.epochs=1", "train.batch_size=6",
+                f"train.output_dir=\"{run_dir}\""]
+
+    return overrides
+

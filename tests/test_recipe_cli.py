@@ -6,28 +6,12 @@ import pytest
 import torch
 
 from petvr.backbone import create_backbone
-from petvr.backbone.checkpoints import load_backbone, save_backbone
+from petvr.backbone.checkpoints import load_backbone
 from petvr.cli import main
 from petvr.methods import RetrievalModel
-from petvr.synthetic import generate_world
 from petvr.training.recipe import apply_override, load_recipe, shipped_recipes_dir
 
 RECIPE = shipped_recipes_dir() / "synthetic" / "clip4clip_meanP.toml"
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    generate_world(root / "world", size="tiny", collections=("studio",))
-    torch.manual_seed(0)
-    save_backbone(create_backbone("petvr-tiny"), root / "tiny.safetensors")
-    return root
-
-
-def overrides(world, run_dir):
-    return [f"backbone.checkpoint=\"{world / 'tiny.safetensors'}\"", f"data.root=\"{world / 'world' / 'studio'}\"",
-            f"data.cache_dir=\"{world / 'cache'}\"", "train.epochs=1", "train.batch_size=6",
-            f"train.output_dir=\"{run_dir}\""]
 
 
 def test_overrides_parse_toml_values_and_create_tables():
@@ -51,10 +35,10 @@ def test_bad_recipes_name_the_file(tmp_path):
         load_recipe(partial)
 
 
-def test_train_then_eval_from_the_command_line(world, tmp_path, capsys):
+def test_train_then_eval_from_the_command_line(world_overrides, world, tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = ["train", str(RECIPE)]
-    for assignment in overrides(world, run_dir):
+    for assignment in world_overrides(run_dir):
         args += ["--set", assignment]
     main(args)
     adapter = run_dir / "adapter"
@@ -82,18 +66,18 @@ def test_train_then_eval_from_the_command_line(world, tmp_path, capsys):
     assert model.parameter_report()["trainable"] == description["parameters"]["trainable"]
 
 
-def test_unknown_train_key_is_reported(world, tmp_path):
+def test_unknown_train_key_is_reported(world_overrides, world, tmp_path):
     args = ["train", str(RECIPE), "--set", "train.learning_rate=1"]
-    for assignment in overrides(world, tmp_path / "run"):
+    for assignment in world_overrides(tmp_path / "run"):
         args += ["--set", assignment]
     with pytest.raises(SystemExit, match="petvr: error: .*learning_rate"):
         main(args)
 
 
-def test_cache_command_fills_the_recipe_cache_and_reports(world, tmp_path, capsys):
+def test_cache_command_fills_the_recipe_cache_and_reports(world_overrides, world, tmp_path, capsys):
     cache_dir = tmp_path / "cache"
     args = ["cache", str(RECIPE), "--workers", "0"]
-    for assignment in overrides(world, tmp_path / "run") + [f"data.cache_dir=\"{cache_dir}\""]:
+    for assignment in world_overrides(tmp_path / "run") + [f"data.cache_dir=\"{cache_dir}\""]:
         args += ["--set", assignment]
     main(args)
     first = capsys.readouterr().out
@@ -104,7 +88,7 @@ def test_cache_command_fills_the_recipe_cache_and_reports(world, tmp_path, capsy
     assert "12 already cached" in second and "6 already cached" in second
 
 
-def test_unreadable_video_stops_with_its_name_or_is_skipped_and_reported(world, tmp_path, capsys):
+def test_unreadable_video_stops_with_its_name_or_is_skipped_and_reported(world_overrides, world, tmp_path, capsys):
     import shutil
 
     studio = tmp_path / "studio"
@@ -112,7 +96,7 @@ def test_unreadable_video_stops_with_its_name_or_is_skipped_and_reported(world, 
     broken = studio / "msrvtt" / "videos" / "video3.mp4"
     broken.write_bytes(broken.read_bytes()[:300])  # truncated
     args = ["cache", str(RECIPE), "--workers", "0", "--report-dir", str(tmp_path)]
-    for assignment in overrides(world, tmp_path / "run") + [f"data.root=\"{studio}\"",
+    for assignment in world_overrides(tmp_path / "run") + [f"data.root=\"{studio}\"",
                                                             f"data.cache_dir=\"{tmp_path / 'cache'}\""]:
         args += ["--set", assignment]
     with pytest.raises(SystemExit, match="video3.mp4"):
@@ -133,10 +117,10 @@ def test_preview_command_writes_a_contact_sheet(world, tmp_path):
         assert image.width > 4 * 64 - 1 and image.height > 64
 
 
-def test_preview_of_an_annotation_row_uses_the_recipe_sampling(world, tmp_path):
+def test_preview_of_an_annotation_row_uses_the_recipe_sampling(world_overrides, world, tmp_path):
     out = tmp_path / "row.png"
     args = ["data", "preview", "video1", "--recipe", str(RECIPE), "--split", "train", "--out", str(out)]
-    for assignment in overrides(world, tmp_path / "run"):
+    for assignment in world_overrides(tmp_path / "run"):
         args += ["--set", assignment]
     main(args)
     from PIL import Image

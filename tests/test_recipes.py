@@ -27,6 +27,14 @@ def test_merge_tables_merges_tables_key_by_key_and_the_child_wins():
     assert base["data"]["sampling"]["max_frames"] == 12  # the base is not changed
 
 
+def test_a_table_naming_another_method_replaces_the_base_table_whole():
+    base = {"method": {"name": "clip4clip", "freeze_layer_num": 6, "sim_header": "meanP"}}
+    assert merge_tables(base, {"method": {"name": "zero_shot"}}) == {"method": {"name": "zero_shot"}}
+    assert merge_tables(base, {"method": {"name": "clip4clip", "freeze_layer_num": 3}}) == {
+        "method": {"name": "clip4clip", "freeze_layer_num": 3, "sim_header": "meanP"}}
+    assert merge_tables(base, {"method": {"sim_header": "seqLSTM"}})["method"]["freeze_layer_num"] == 6
+
+
 def test_a_recipe_builds_on_its_base_chains_included(tmp_path):
     (tmp_path / "shared").mkdir()
     root = MINIMAL + "lr = 1e-4\nepochs = 5\n[data.sampling]\nmax_frames = 12\n"

@@ -84,10 +84,15 @@ def find_recipe(reference: str | Path, relative_to: Path | None = None) -> Path:
 
 
 def merge_tables(base: dict, override: dict) -> dict:
-    """``override`` over a copy of ``base``: tables are merged key by key, anything else in ``override`` wins."""
+    """``override`` over a copy of ``base``: tables are merged key by key, anything else in ``override`` wins.
+
+    A table naming another ``name`` than its base's (a ``[method]`` with another method) replaces the base's table
+    whole: the base's options belong to the base's method."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        inherited = merged.get(key)
+        if (isinstance(value, dict) and isinstance(inherited, dict)
+                and value.get("name", inherited.get("name")) == inherited.get("name")):
             merged[key] = merge_tables(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
