@@ -1,5 +1,5 @@
 """MV-Adapter: trainable counts against the paper (reference §1.3), identity at initialisation, padded frames and the
-causal text branch, cross-modality tying (one factor, both towers), a short training run."""
+causal text branch, cross-modality tying (one factor, both towers), a short training run, and the recipes."""
 from __future__ import annotations
 
 import pytest
@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from petvr.backbone import create_backbone
 from petvr.methods import RetrievalModel
 from petvr.methods.mv_adapter import CrossModalTying, MVAdapter, TemporalCalibration, TextAdapter, VideoAdapter
+from petvr.training.recipe import load_recipe
 from petvr.training.trainer import Trainer, TrainConfig
 
 CLIP_BIASES = 171_008  # every bias of CLIP ViT-B (both towers, LayerNorms included); the same for B/16 and B/32
@@ -276,6 +277,35 @@ def test_training_lowers_the_loss(tmp_path):
     assert groups["backbone/no_decay"] == pytest.approx(3e-4) and groups["new/decay"] == pytest.approx(3e-3)
     losses = [entry["loss"] for entry in trainer.train()["history"] if "loss" in entry]
     assert sum(losses[-2:]) / 2 < 0.7 * sum(losses[:2]) / 2, losses
+
+
+# -- recipes --
+
+RECIPES = {  # dataset: (trained weights with the CLIP biases, the paper's "tunable params %")
+    "msrvtt": (3_572_736, 2.39), "msvd": (3_572_736, 2.39), "lsmdc": (3_615_008, 2.42),
+    "didemo": (3_628_032, 2.42), "activitynet": (3_585_760, 2.40),
+}
+
+
+@pytest.mark.parametrize("dataset", RECIPES)
+def test_each_recipe_reproduces_the_papers_parameter_share(dataset):
+    recipe = load_recipe(f"{dataset}/mv_adapter")
+    method = dict(recipe["method"])
+    assert method.pop("name") == "mv_adapter"
+    assert recipe["backbone"]["name"] == "ViT-B-16-quickgelu"  # OpenAI's ViT-B/16, the paper's backbone
+    assert (method["max_frames"], method["max_words"]) == (recipe["data"]["sampling"]["max_frames"],
+                                                           recipe["data"]["max_words"])
+    report = RetrievalModel(create_backbone(recipe["backbone"]["name"], device="meta"), "mv_adapter",
+                            **method).parameter_report()
+    trained, percent = RECIPES[dataset]
+    assert report["trainable"] == trained
+    assert round(report["trainable_percent_of_backbone"], 2) == percent
+    train = recipe["train"]
+    long_videos = dataset in ("didemo", "activitynet")
+    assert (train["optimizer"], train["lr"], train["lr"] * train["coef_lr"], train["weight_decay"], train["warmup"]) \
+        == ("bertadam", 5e-6, pytest.approx(1e-7), 0.2, 0.1)
+    assert (train["epochs"], train["batch_size"]) == ((15, 64) if long_videos else (5, 128))
+    assert (method["max_frames"], method["max_words"]) == ((32, 64) if long_videos else (12, 32))
 
 
 def test_the_method_class_is_registered_under_its_name():
