@@ -1,6 +1,6 @@
 """Cross-Modal Adapter: the paper's trainable counts, one shared up-projection slice per (block, sub-layer) that both
 towers use and train, exact save/load of that slice, query scoring with a frozen logit scale, fp16 storage as an
-option."""
+option, and the recipes' paper settings."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from petvr.backbone import create_backbone, get_model_config
 from petvr.methods import RetrievalModel
 from petvr.methods.cross_modal_adapter import CrossModalAdapterWrapper
+from petvr.training.recipe import load_recipe
 
 # (r, d_s) per dataset (paper v1 §4) and the trained weights on ViT-B/32: total, vision, text, shared
 # (reference §2.4).
@@ -212,3 +213,26 @@ def test_fp16_adapters_are_an_option_float32_the_default():
         text.pow(2).sum().backward()  # the code's mode trains fp16 weights directly
         grad = block.attn.adapter.shared.weight.grad
         assert grad.dtype == dtype and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dataset", PAPER)
+def test_recipes_state_the_papers_settings(dataset):
+    recipe = load_recipe(f"{dataset}/cross_modal_adapter")
+    r, shared_dim, total = PAPER[dataset][:3]
+    method = dict(recipe["method"])
+    assert method.pop("name") == "cross_modal_adapter"
+    assert (method["bottleneck_dim"], method["shared_dim"]) == (r, shared_dim)
+    model = RetrievalModel(create_backbone(recipe["backbone"]["name"], device="meta"), "cross_modal_adapter", **method)
+    assert model.parameter_report()["trainable"] == total
+    train = recipe["train"]
+    assert (train["optimizer"], train["lr"], train["weight_decay"], train["warmup"], train["batch_size"],
+            train["seed"], train["max_grad_norm"]) == ("bertadam", 1e-5, 0.2, 0.1, 128, 42, -1.0)
+    long_videos = dataset in ("activitynet", "didemo")
+    assert train["epochs"] == (20 if dataset == "activitynet" else 5)
+    assert recipe["data"]["max_words"] == (64 if long_videos else 32)
+    assert recipe["data"]["sampling"]["max_frames"] == (64 if long_videos else 12)
+    if dataset == "vatex":  # CLIP4Clip has no VATEX recipe
+        assert (recipe["data"]["dataset"], recipe["data"]["train"]["split"], recipe["data"]["test"]["split"]) == (
+            "vatex", "train", "test")
+    else:  # the same data as the CLIP4Clip recipe
+        assert recipe["data"] == load_recipe(f"{dataset}/clip4clip")["data"]
