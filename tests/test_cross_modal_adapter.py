@@ -13,6 +13,7 @@ from petvr.backbone import create_backbone, get_model_config
 from petvr.methods import RetrievalModel
 from petvr.methods.cross_modal_adapter import CrossModalAdapterWrapper
 from petvr.training.recipe import load_recipe
+from petvr.training.trainer import TrainConfig, Trainer
 
 # (r, d_s) per dataset (paper v1 §4) and the trained weights on ViT-B/32: total, vision, text, shared
 # (reference §2.4).
@@ -213,6 +214,24 @@ def test_fp16_adapters_are_an_option_float32_the_default():
         text.pow(2).sum().backward()  # the code's mode trains fp16 weights directly
         grad = block.attn.adapter.shared.weight.grad
         assert grad.dtype == dtype and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_training_on_a_tiny_synthetic_set_lowers_the_loss(tmp_path, pattern_videos):
+    """Five steps of the trainer on 8 (caption, video) pairs, the shared slices in the optimizer once."""
+    torch.manual_seed(0)
+    model = RetrievalModel(create_backbone("petvr-tiny"), "cross_modal_adapter", bottleneck_dim=8, shared_dim=16)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    config = TrainConfig(epochs=5, batch_size=8, optimizer="adamw", lr=1e-2, weight_decay=0.0, warmup=0.0,
+                         schedule="warmup_constant", seed=1)
+    trainer = Trainer(model, pattern_videos(samples_per_class=1), config, tmp_path / "run")
+    groups = {group["name"]: group for group in trainer.optimizer.param_groups}
+    optimized = [p for group in groups.values() for p in group["params"]]
+    assert len(optimized) == len({id(p) for p in optimized}) == sum(p.requires_grad for p in model.parameters())
+    assert all(name.endswith(".bias") for name in groups["new/no_decay"]["param_names"])  # the code's decay rule
+    losses = [entry["loss"] for entry in trainer.train()["history"] if "loss" in entry]
+    assert len(losses) == 5 and all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < losses[0] - 0.15, losses
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
 
 
 @pytest.mark.parametrize("dataset", PAPER)
