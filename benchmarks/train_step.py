@@ -2,6 +2,7 @@
 
 Both configurations use the same backbone (random weights of the chosen config), batch, frames and words; each runs
 in its own child process so its peak memory is its own (peak RSS on CPU, ``max_memory_allocated`` on CUDA).
+``measure_step(args, method, options)`` serves any method (``benchmarks/methods.py`` uses it for every method).
 
     python benchmarks/train_step.py                       # ViT-B-32 shape, 4 videos x 4 frames, CPU fp32
     python benchmarks/train_step.py --device cuda --batch 32 --frames 12 --precision bf16
@@ -10,14 +11,15 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import queue as queue_module
 import resource
 import time
 
 import torch
 
 CONFIGS = {
-    "full fine-tuning (clip4clip, freeze 0)": {"freeze_layer_num": 0},
-    "frozen backbone + meanP (projections only)": {"freeze_layer_num": 12},
+    "full fine-tuning (clip4clip, freeze 0)": ("clip4clip", {"freeze_layer_num": 0}),
+    "frozen backbone + meanP (projections only)": ("clip4clip", {"freeze_layer_num": 12}),
 }
 
 
@@ -25,7 +27,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _measure(args: argparse.Namespace, method_config: dict, queue: mp.Queue) -> None:
+def _measure(args: argparse.Namespace, method: str, method_config: dict, queue: mp.Queue) -> None:
     from petvr.backbone import create_backbone
     from petvr.methods import RetrievalModel
     from petvr.training.trainer import ContrastiveObjective
@@ -37,8 +39,9 @@ def _measure(args: argparse.Namespace, method_config: dict, queue: mp.Queue) -> 
     backbone = create_backbone(args.model)
     layers = max(backbone.config.vision.layers, backbone.config.text.layers)
     config = dict(method_config)
-    config["freeze_layer_num"] = min(config["freeze_layer_num"], layers)
-    model = RetrievalModel(backbone, "clip4clip", sim_header="meanP", **config).to(device)
+    if "freeze_layer_num" in config:
+        config["freeze_layer_num"] = min(config["freeze_layer_num"], layers)
+    model = RetrievalModel(backbone, method, **config).to(device)
     objective = ContrastiveObjective(model)
     optimizer, _ = build_optimizer("bertadam", model.named_parameters(), lr=1e-4, total_steps=100,
                                    group_of=model.parameter_group, lr_multipliers=model.method.lr_multipliers(1e-3))
@@ -75,26 +78,40 @@ def _measure(args: argparse.Namespace, method_config: dict, queue: mp.Queue) -> 
                "trainable": model.parameter_report()["trainable"]})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--frames", type=int, default=4)
+def measure_step(args: argparse.Namespace, method: str, method_config: dict) -> dict:
+    """Median seconds per training step, peak memory and trainable count of one method, in a child process."""
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_measure, args=(args, method, method_config, queue))
+    process.start()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"timing {method} {method_config} failed in its child process (exit code "
+                                   f"{process.exitcode}); its traceback is above") from None
+    process.join()
+    return result
+
+
+def add_step_arguments(parser: argparse.ArgumentParser, model: str = "ViT-B-32", batch: int = 4, frames: int = 4) -> None:
+    parser.add_argument("--model", default=model, help="backbone config whose shape is timed (random weights)")
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--frames", type=int, default=frames)
     parser.add_argument("--words", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    args = parser.parse_args()
 
-    context = mp.get_context("spawn")
-    results = {}
-    for name, config in CONFIGS.items():
-        queue = context.Queue()
-        process = context.Process(target=_measure, args=(args, config, queue))
-        process.start()
-        results[name] = queue.get()
-        process.join()
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_step_arguments(parser)
+    args = parser.parse_args()
+    results = {name: measure_step(args, method, config) for name, (method, config) in CONFIGS.items()}
     print(f"{args.model}, batch {args.batch} videos x {args.frames} frames, {args.words} words, {args.device} "
           f"{args.precision}, median of {args.steps} steps")
     print(f"{'configuration':<46}{'trainable':>14}{'s/step':>10}{'peak MB':>10}{'peak-model MB':>15}")
