@@ -84,3 +84,34 @@ def world_overrides(world):
 
     return overrides
 
+
+@pytest.fixture(scope="session")
+def pattern_videos():
+    """``pattern_videos(num_classes=8, samples_per_class=2, image_size=64, seed=0)``: a tiny training set of Trainer
+    items (64 x 64 frames fit petvr-tiny). Video k shows a fixed random pattern (+ noise) on 2 frames; its caption is
+    SOT, a word id for k, EOT. ``.batch()`` stacks every item into one batch: (token_ids, token_mask, frames,
+    frame_mask)."""
+    import torch
+
+    class PatternVideos(torch.utils.data.Dataset):
+        def __init__(self, num_classes=8, samples_per_class=2, image_size=64, seed=0):
+            generator = torch.Generator().manual_seed(seed)
+            self.patterns = torch.randn(num_classes, 3, image_size, image_size, generator=generator)
+            self.classes = [k for k in range(num_classes) for _ in range(samples_per_class)]
+            self.noise = torch.randn(len(self.classes), 2, 3, image_size, image_size, generator=generator) * 0.3
+
+        def __len__(self):
+            return len(self.classes)
+
+        def __getitem__(self, index):
+            k = self.classes[index]
+            token_ids = torch.tensor([49406, 1000 + k, 49407, 0])
+            return {"video_id": f"video{k}", "token_ids": token_ids, "token_mask": token_ids != 0,
+                    "frames": self.patterns[k] + self.noise[index], "frame_mask": torch.ones(2, dtype=torch.bool)}
+
+        def batch(self):
+            items = [self[index] for index in range(len(self))]
+            return tuple(torch.stack([item[key] for item in items])
+                         for key in ("token_ids", "token_mask", "frames", "frame_mask"))
+
+    return PatternVideos
