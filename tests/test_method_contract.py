@@ -20,6 +20,13 @@ VARIANTS = {  # options worth covering beyond the defaults; a method missing her
     "clip4clip": [{"linear_patch": "3d", "freeze_layer_num": 4}, {"sim_header": "seqTransf", "freeze_layer_num": 2},
                   {"sim_header": "tightTransf", "freeze_layer_num": 3}, {"sim_header": "seqLSTM", "freeze_layer_num": 4}],
     "zero_shot": [{"sim_header": "query_scoring"}],
+    "cross_modal_adapter": [{"zero_init_up": True}, {"shared_dim": 0, "dropout": 0.1},
+                            {"bottleneck_dim": 4, "shared_dim": 128, "sim_header": "meanP"},
+                            {"towers": ("vision",), "layers": (0, -1)}],
+    "mv_adapter": [{"train_backbone_biases": True, "tying_position": "down_out"},
+                   {"tying_position": "up_in", "calibration_cc_projection": False},
+                   {"tying_position": "up_out", "input_norm": True, "tying_layers": [-1]},
+                   {"towers": ["vision"], "tying_layers": [], "calibration": False}],
 }
 CASES = [(name, options) for name in list_methods() for options in [{}] + VARIANTS.get(name, [])]
 IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in options.items()) or 'default'}" for name, options in CASES]

@@ -235,7 +235,7 @@ def test_an_adapter_with_tying_saves_each_factor_once_and_loads_it_into_both_tow
         assert torch.equal(factor, saved[f"method.tying_factors.{index}"])
     for tower_modules in tying_modules(loaded).values():
         for module in tower_modules:
-            assert module._shared[0][module.index] is loaded.method.tying_factors[module.index]
+            assert module.factors.module[module.index] is loaded.method.tying_factors[module.index]
     token_ids, token_mask, frames, frame_mask = inputs()
     with torch.no_grad():
         text, video = loaded.encode_text(token_ids, token_mask), loaded.encode_video(frames, frame_mask)

@@ -14,9 +14,9 @@ from .base import (Method, MethodConfig, WrappingConfig, create_method, list_met
                    method_config_class, register_method)
 from .heads import build_head, list_heads, register_head
 from .model import RetrievalModel
-from .wrapping import Wrapper, WrapSite, wrap_modules
+from .wrapping import Borrowed, Wrapper, WrapSite, wrap_modules
 
-__all__ = ["Method", "MethodConfig", "RetrievalModel", "WrapSite", "Wrapper", "WrappingConfig", "build_head",
+__all__ = ["Borrowed", "Method", "MethodConfig", "RetrievalModel", "WrapSite", "Wrapper", "WrappingConfig", "build_head",
            "create_method", "list_heads", "list_methods", "make_method_config", "method_config_class",
            "register_head", "register_method", "wrap_modules"]
 

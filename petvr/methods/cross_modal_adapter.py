@@ -51,7 +51,7 @@ from ..backbone import CLIP, TowerContext
 from ..backbone.blocks import QuickGELU
 from .base import Method, WrappingConfig, register_method
 from .heads import build_head
-from .wrapping import TOWERS, Wrapper, WrapSite, check_towers, wrap_modules
+from .wrapping import TOWERS, Borrowed, Wrapper, WrapSite, check_towers, wrap_modules
 
 TARGETS = ("attn", "mlp")  # after MHSA and after the MLP of each wrapped block
 
@@ -84,11 +84,11 @@ class Bottleneck(nn.Module):
         self.activation = QuickGELU()
         self.dropout = nn.Dropout(dropout)
         self.up_unique = nn.Linear(bottleneck_dim, width - shared_dim) if width > shared_dim else None
-        self._shared = (shared,) if shared is not None else ()  # a tuple: not registered as a sub-module
+        self.borrowed_shared = Borrowed(shared) if shared is not None else None  # registered once, by the method
 
     @property
     def shared(self) -> nn.Linear | None:
-        return self._shared[0] if self._shared else None
+        return self.borrowed_shared.module if self.borrowed_shared is not None else None
 
     def forward(self, hidden: Tensor) -> Tensor:
         z = self.dropout(self.activation(self.down(hidden)))  # (N, L, r)

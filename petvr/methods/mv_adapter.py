@@ -53,7 +53,7 @@ from ..backbone import CLIP, ResidualBlock, TowerContext
 from ..backbone.blocks import LayerNorm, QuickGELU
 from .base import Method, WrappingConfig, register_method
 from .heads import build_head
-from .wrapping import Wrapper, WrapSite, check_towers, resolve_layers, wrap_modules
+from .wrapping import Borrowed, Wrapper, WrapSite, check_towers, resolve_layers, wrap_modules
 
 TYING_POSITIONS = ("down_in", "down_out", "up_in", "up_out")
 
@@ -107,11 +107,11 @@ class CrossModalTying(nn.Module):
     def __init__(self, factors: nn.ParameterList, index: int, width: int):
         super().__init__()
         self.projection = nn.Linear(factors[index].shape[0], width)  # PyTorch's default init, as the code
-        self._shared = (factors,)
+        self.factors = Borrowed(factors)  # registered once, by the method
         self.index = index
 
     def forward(self) -> Tensor:
-        return self.projection(self._shared[0][self.index])
+        return self.projection(self.factors.module[self.index])
 
 
 class TemporalCalibration(nn.Module):
@@ -245,7 +245,7 @@ class AdaptedMlp(Wrapper):
 
     def forward(self, x: Tensor, context: TowerContext) -> Tensor:
         f = self.base_layer(x, context)
-        return f + self.adapter(f.to(self.adapter.up.weight.dtype), context).to(f.dtype)
+        return f + self.in_own_dtype(self.adapter, f, context)
 
 
 @register_method("mv_adapter", MVAdapterConfig)

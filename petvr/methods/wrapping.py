@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -46,10 +47,28 @@ class Wrapper(nn.Module):
         self.base_layer = base_layer
 
     @staticmethod
-    def in_own_dtype(branch: nn.Module, x: Tensor) -> Tensor:
-        """``branch(x)`` computed in ``branch``'s parameter dtype, cast back to ``x.dtype``."""
+    def in_own_dtype(branch: nn.Module, x: Tensor, *args: Any) -> Tensor:
+        """``branch(x, *args)`` computed in ``branch``'s parameter dtype, cast back to ``x.dtype``."""
         dtype = next(branch.parameters()).dtype
-        return branch(x.to(dtype)).to(x.dtype)
+        return branch(x.to(dtype), *args).to(x.dtype)
+
+
+class Borrowed:
+    """A module owned elsewhere (by the method), used here without registering it again.
+
+    For weights shared across wrappers (one tensor for both towers): the method registers the shared module once, so
+    it is saved, loaded and optimised once under one name, and each wrapper holds ``Borrowed(shared)``, which
+    ``named_parameters``, ``state_dict`` and ``.to()`` do not enter. Call it like the module; ``.module`` is the module.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Borrowed({self.module.__class__.__name__})"
 
 
 def resolve_layers(layers: Sequence[int] | None, depth: int, tower: str) -> list[int]:
