@@ -14,6 +14,7 @@ from torch import nn
 from petvr.backbone import TowerContext, create_backbone
 from petvr.backbone.config import CLIPConfig, TextConfig, VisionConfig
 from petvr.methods import RetrievalModel
+from petvr.training.recipe import load_recipe
 from petvr.training.trainer import ContrastiveObjective, TrainConfig, Trainer
 
 # ViT-B/32 and ViT-B/16 share every width; only the patch embedding differs, which no baseline touches.
@@ -327,3 +328,20 @@ def test_training_lowers_the_loss(tmp_path, pattern_videos, name, options):
             tmp_path / "run").train()
     after = loss()
     assert after < before - 0.05, (before, after)
+
+
+RECIPE_COUNTS = {"linear_probe": 657_921, "bitfit": 171_008, "lora": 491_520, "prompt": 184_320,
+                 "adapter": 3_965_952}  # the counts each recipe's comment states
+
+
+@pytest.mark.parametrize("name", sorted(RECIPE_COUNTS))
+def test_msrvtt_recipes_build_the_stated_model_with_cross_modal_adapters_training(name):
+    recipe = load_recipe(f"msrvtt/{name}")
+    method = dict(recipe["method"])
+    assert method.pop("name") == name
+    backbone = create_backbone(recipe["backbone"]["name"], device="meta")
+    assert RetrievalModel(backbone, name, **method).parameter_report()["trainable"] == RECIPE_COUNTS[name]
+    train = recipe["train"]
+    assert (train["optimizer"], train["lr"], train["max_grad_norm"], train["weight_decay"], train["batch_size"],
+            train["epochs"]) == ("bertadam", 1e-5, -1.0, 0.2, 128, 5)
+    assert recipe["data"]["dataset"] == "msrvtt" and recipe["data"]["sampling"]["max_frames"] == 12
