@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import Dataset
 
 from petvr.backbone import create_backbone
 from petvr.methods import RetrievalModel
@@ -248,31 +247,11 @@ def test_an_adapter_with_tying_saves_each_factor_once_and_loads_it_into_both_tow
 
 # -- training --
 
-class PatternVideos(Dataset):
-    """Video k: a fixed random pattern (+ noise) on 2 frames; its caption: SOT, a word id for k, EOT."""
-
-    def __init__(self, classes=8, samples_per_class=2):
-        generator = torch.Generator().manual_seed(0)
-        self.patterns = torch.randn(classes, 3, 64, 64, generator=generator)
-        self.items = [k for k in range(classes) for _ in range(samples_per_class)]
-        self.noise = torch.randn(len(self.items), 2, 3, 64, 64, generator=generator) * 0.3
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, index):
-        k = self.items[index]
-        token_ids = torch.tensor([49406, 1000 + k, 49407, 0])
-        return {"video_id": f"video{k}", "token_ids": token_ids, "token_mask": token_ids != 0,
-                "frames": self.patterns[k].expand(2, -1, -1, -1) + self.noise[index],
-                "frame_mask": torch.ones(2, dtype=torch.bool)}
-
-
-def test_training_lowers_the_loss(tmp_path):
+def test_training_lowers_the_loss(tmp_path, pattern_videos):
     model = RetrievalModel(tiny(), "mv_adapter", train_backbone_biases=True)
     config = TrainConfig(epochs=6, batch_size=8, optimizer="adamw", lr=3e-3, coef_lr=0.1, warmup=0.0,
                          schedule="warmup_constant", weight_decay=0.0, seed=1)
-    trainer = Trainer(model, PatternVideos(), config, tmp_path / "run")
+    trainer = Trainer(model, pattern_videos(), config, tmp_path / "run")
     groups = {group["name"]: group["lr"] for group in trainer.optimizer.param_groups}
     assert groups["backbone/no_decay"] == pytest.approx(3e-4) and groups["new/decay"] == pytest.approx(3e-3)
     losses = [entry["loss"] for entry in trainer.train()["history"] if "loss" in entry]

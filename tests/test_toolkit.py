@@ -235,43 +235,32 @@ def test_an_unknown_backbone_weight_name_is_an_error_not_a_frozen_weight(tiny_ba
         RetrievalModel(tiny_backbone, probe_method, train_names=("visual.transformer.resblocks.0.mlp.c_fc.biass",))
 
 
-def patterned_dataset(count=8):
-    generator = torch.Generator().manual_seed(0)
-    frames = torch.randn(count, 2, 3, 64, 64, generator=generator)
-    items = []
-    for index in range(count):
-        token_ids = torch.tensor([49406, 1000 + index, 49407, 0])
-        items.append({"video_id": f"v{index}", "token_ids": token_ids, "token_mask": token_ids != 0,
-                      "frames": frames[index], "frame_mask": torch.ones(2, dtype=torch.bool)})
-    return items
-
-
 @pytest.mark.parametrize("bias_group, expected_multiplier", [("backbone", 1e-3), ("new", 1.0), ("biases", 3.0)])
-def test_the_method_sets_each_weights_learning_rate_group(tmp_path, tiny_backbone, probe_method, bias_group,
-                                                          expected_multiplier):
+def test_the_method_sets_each_weights_learning_rate_group(tmp_path, pattern_videos, tiny_backbone, probe_method,
+                                                          bias_group, expected_multiplier):
     model = RetrievalModel(tiny_backbone, probe_method, bias_group=bias_group)
-    trainer = Trainer(model, patterned_dataset(), TrainConfig(epochs=1, batch_size=4, lr=1e-2, coef_lr=1e-3),
-                      tmp_path / "run")
+    config = TrainConfig(epochs=1, batch_size=4, lr=1e-2, coef_lr=1e-3)
+    trainer = Trainer(model, pattern_videos(samples_per_class=1), config, tmp_path / "run")
     (group,) = [g for g in trainer.optimizer.param_groups
                 if "backbone.visual.transformer.resblocks.0.mlp.base_layer.c_fc.bias" in g["param_names"]]
     assert group["lr"] == pytest.approx(1e-2 * expected_multiplier)
 
 
-def test_method_loss_terms_are_added_and_logged(tmp_path, tiny_backbone, probe_method):
+def test_method_loss_terms_are_added_and_logged(tmp_path, pattern_videos, tiny_backbone, probe_method):
     model = RetrievalModel(tiny_backbone, probe_method, extra_loss=5.0)
-    trainer = Trainer(model, patterned_dataset(), TrainConfig(epochs=1, batch_size=4, lr=1e-3), tmp_path / "run")
-    batch = {key: torch.stack([item[key] for item in patterned_dataset()[:4]])
-             for key in ("token_ids", "token_mask", "frames", "frame_mask")}
-    terms = trainer.objective(batch["token_ids"], batch["token_mask"], batch["frames"], batch["frame_mask"])
+    data = pattern_videos(samples_per_class=1)
+    trainer = Trainer(model, data, TrainConfig(epochs=1, batch_size=4, lr=1e-3), tmp_path / "run")
+    terms = trainer.objective(*data.batch())
     assert terms["probe"] > 0
     torch.testing.assert_close(terms["loss"], terms["infonce"] + terms["probe"])
     history = trainer.train()["history"]
     assert all("probe" in entry for entry in history if "loss" in entry)
 
 
-def test_fp16_weights_keep_new_modules_in_float32_wherever_they_sit(tmp_path, tiny_backbone, probe_method):
+def test_fp16_weights_keep_new_modules_in_float32_wherever_they_sit(tmp_path, pattern_videos, tiny_backbone, probe_method):
     model = RetrievalModel(tiny_backbone, probe_method)
-    Trainer(model, patterned_dataset(), TrainConfig(epochs=1, batch_size=4, precision="fp16-weights"), tmp_path / "r")
+    config = TrainConfig(epochs=1, batch_size=4, precision="fp16-weights")
+    Trainer(model, pattern_videos(samples_per_class=1), config, tmp_path / "r")
     block = model.backbone.visual.transformer.resblocks[0]
     assert block.mlp.base_layer.c_fc.weight.dtype == torch.float16
     assert block.mlp.branch[0].weight.dtype == torch.float32  # inside the backbone, still float32
