@@ -157,3 +157,10 @@ def test_the_demo_recipe_stands_alone():
     assert recipe["method"] == {"name": "clip4clip", "sim_header": "meanP", "freeze_layer_num": 6}
     assert (recipe["train"]["optimizer"], recipe["train"]["lr"], recipe["data"]["sampling"]["max_frames"]) == (
         "adamw", 1e-3, 8)
+
+
+def test_every_method_has_a_synthetic_recipe_so_the_results_table_covers_it():
+    from petvr.methods import list_methods
+
+    covered = {load_recipe(name)["method"]["name"] for name in RECIPES if name.startswith("synthetic/")}
+    assert set(list_methods()) <= covered, sorted(set(list_methods()) - covered)
