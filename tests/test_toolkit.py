@@ -321,3 +321,37 @@ def test_from_adapter_refuses_the_same_weights_under_another_activation(tmp_path
     gelu.config.quick_gelu = False
     with pytest.raises(ValueError, match=r"config differs.*quick_gelu': \(True, False\)"):
         RetrievalModel.from_adapter(tmp_path / "adapter", backbone=gelu)
+
+
+def test_one_loaded_backbone_serves_several_adapters_and_is_never_changed(tmp_path, pattern_videos):
+    torch.manual_seed(5)
+    base = create_backbone("petvr-tiny").eval()
+    before = {name: p.detach().clone() for name, p in base.state_dict().items()}
+    flags = {name: p.requires_grad for name, p in base.named_parameters()}
+    batch = pattern_videos(samples_per_class=1).batch()
+    expected = {}
+    for name, method, options in [("lora", "lora", {}), ("bitfit", "bitfit", {}),
+                                  ("clip4clip", "clip4clip", {"freeze_layer_num": 4})]:
+        torch.manual_seed(6)
+        trained = RetrievalModel(shared_view_of(base), method, **options)
+        with torch.no_grad():  # distinct trained weights, so each adapter really differs from the backbone
+            for parameter in trained.parameters():
+                if parameter.requires_grad:
+                    parameter.add_(torch.randn_like(parameter) * 0.05)
+        trained.save_adapter(tmp_path / name)
+        expected[name] = trained.eval()(*batch)
+    loaded = {name: RetrievalModel.from_adapter(tmp_path / name, backbone=base).eval() for name in expected}
+    for name, model in loaded.items():  # all three live on the one backbone at once
+        with torch.no_grad():
+            torch.testing.assert_close(model(*batch), expected[name])
+    assert set(base.state_dict()) == set(before)  # no module of the backbone was wrapped
+    assert all(torch.equal(base.state_dict()[name], value) for name, value in before.items())
+    assert {name: p.requires_grad for name, p in base.named_parameters()} == flags
+    shared = loaded["lora"].backbone.visual.transformer.resblocks[0].attn.base_layer.in_proj_weight
+    assert shared.data_ptr() == base.visual.transformer.resblocks[0].attn.in_proj_weight.data_ptr()  # no copy
+
+
+def shared_view_of(backbone):
+    from petvr.methods.model import shared_view
+
+    return shared_view(backbone, own_copies=[name for name, _ in backbone.named_parameters()])

@@ -5,6 +5,8 @@ then marks as trainable exactly the method's new weights and the backbone weight
 """
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from torch import Tensor, nn
 
 from ..adapters import (find_adapter_backbone, load_adapter_weights, read_adapter_description, resolve_adapter_folder,
                         save_adapter)
-from ..backbone import CLIP
+from ..backbone import CLIP, create_backbone
 from ..backbone.checkpoints import backbone_weight_hash
 from .base import create_method
 
@@ -43,6 +45,7 @@ class RetrievalModel(nn.Module):
         # Trainable: every weight the method added (its modules, and those it wrapped into the backbone), plus the
         # original backbone weights it names. Original weights it replaced or wrapped stay frozen.
         self.original_backbone_ids = {id(p) for p in original.values()}
+        self.trained_backbone_names = sorted(requested)  # the backbone's own weights this model trains
         trained_ids = {id(original[name]) for name in requested}
         for parameter in self.parameters():
             parameter.requires_grad_(id(parameter) not in self.original_backbone_ids or id(parameter) in trained_ids)
@@ -56,13 +59,18 @@ class RetrievalModel(nn.Module):
         Without ``backbone`` the one recorded in ``adapter.json`` is found by ``find_adapter_backbone`` (the recorded
         checkpoint, else the same file or the backbone's name in ``$PETVR_CHECKPOINT_DIR``, else the bundled
         default; the weight hash must match). A given ``backbone`` must have the recorded weight hash unless
-        ``check_backbone=False``.
+        ``check_backbone=False``; it is never changed: the model is built on ``shared_view(backbone)``, so one
+        loaded backbone serves any number of adapters in one process.
         """
         folder = resolve_adapter_folder(Path(folder))
         description = read_adapter_description(folder)
+        method, options = description["method"], description["method_config"]
         if backbone is None:
             backbone = find_adapter_backbone(description, folder)
-        model = cls(backbone, description["method"], **description["method_config"])
+        else:
+            shape_only = cls(create_backbone(backbone.config, device="meta"), method, **options)
+            backbone = shared_view(backbone, own_copies=shape_only.trained_backbone_names)
+        model = cls(backbone, method, **options)
         expected = description["backbone"]
         if check_backbone and model.backbone_hash != expected.get("weight_hash"):
             raise ValueError(
@@ -162,3 +170,17 @@ class RetrievalModel(nn.Module):
         return (f"{r['method']}: {r['trainable']:,} trainable ({r['trainable_percent_of_backbone']:.3f}% of the "
                 f"{r['backbone_parameters']:,}-parameter backbone): {r['new_parameters']:,} new, "
                 f"{r['unfrozen_backbone_parameters']:,} unfrozen backbone")
+
+
+def shared_view(backbone: CLIP, own_copies: Iterable[str] = ()) -> CLIP:
+    """A structural copy of ``backbone`` whose weights share storage with it (no memory is copied), except the
+    weights named in ``own_copies``, which are cloned. A method may wrap the view's modules and freeze or load its
+    weights without changing ``backbone``: its module tree and its parameters' flags stay as they were."""
+    own_copies = set(own_copies)
+    memo: dict[int, Any] = {}
+    for name, parameter in backbone.named_parameters():
+        if name not in own_copies:
+            memo[id(parameter)] = nn.Parameter(parameter.detach(), requires_grad=False)
+    for buffer in backbone.buffers():
+        memo[id(buffer)] = buffer
+    return copy.deepcopy(backbone, memo)
