@@ -56,3 +56,8 @@ class SkipReport:
         lines += [f"  {item.path}" + (f" row {item.row}" if item.row is not None else "") + f": {item.problem}"
                   for item in self.items]
         return "\n".join(lines)
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run: ``"runs/my.toml: [train] lr must be a number, found str 'fast'"`` (the file, the
+    table, the key, and what is allowed)."""

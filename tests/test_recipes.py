@@ -13,7 +13,10 @@ from petvr.training.trainer import TrainConfig
 from petvr.typed_config import dataclass_from_dict
 
 RECIPES = list_recipes()
-MINIMAL = '[backbone]\nname = "petvr-tiny"\n[method]\nname = "zero_shot"\n[data]\ndataset = "msrvtt"\n[train]\n'
+SPLIT = {"annotation_dir": "msrvtt", "video_dir": "msrvtt/videos"}
+MINIMAL = ('[backbone]\nname = "petvr-tiny"\n[method]\nname = "zero_shot"\n[data]\ndataset = "msrvtt"\n'
+           '[data.train]\nannotation_dir = "msrvtt"\nvideo_dir = "msrvtt/videos"\n'
+           '[data.test]\nannotation_dir = "msrvtt"\nvideo_dir = "msrvtt/videos"\n[train]\n')
 
 
 # --- inheritance ------------------------------------------------------------------------------------------------------
@@ -44,7 +47,7 @@ def test_a_recipe_builds_on_its_base_chains_included(tmp_path):
     (tmp_path / "leaf" / "run.toml").write_text('base = "../middle.toml"\n[data.sampling]\nmax_frames = 4\n')
     recipe = load_recipe(tmp_path / "leaf" / "run.toml", ["train.lr=1e-5"])
     assert recipe["train"] == {"lr": 1e-5, "epochs": 3}  # overrides apply after the merge
-    assert recipe["data"] == {"dataset": "msrvtt", "sampling": {"max_frames": 4}}
+    assert recipe["data"] == {"dataset": "msrvtt", "sampling": {"max_frames": 4}, "train": SPLIT, "test": SPLIT}
     assert recipe["name"] == "run" and "base" not in recipe
 
 
