@@ -1,10 +1,19 @@
-"""The ``petvr`` command: pretrain, train, eval, compare, demo, cache, data preview, methods, recipes."""
+"""The ``petvr`` command: pretrain, train, eval, compare, demo, cache, data preview, methods, recipes.
+
+Bad input never ends in a traceback: ``main`` prints ``petvr: error: <message>`` (the message names the file, the
+table and the key) and exits with status 1; ``petvr --debug ...`` shows the traceback too. Ctrl-C says how to resume.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 from pathlib import Path
+
+# Bad input, as petvr raises it: ValueError (DataError, CheckpointError, RecipeError, bad JSON), OSError (a missing
+# or unreadable file), FloatingPointError (a run stopped on a non-finite loss). Anything else is a bug: traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+INTERRUPTED = 130  # the shell's status for Ctrl-C
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
@@ -28,17 +37,26 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .evaluation.metrics import format_metrics_table
     from .methods import RetrievalModel
-    from .training.recipe import apply_override, load_recipe
+    from .training.recipe import apply_override, load_recipe, validate_recipe
     from .training.run import make_evaluator
 
-    model = RetrievalModel.from_adapter(args.checkpoint, device=args.device)
+    backbone = None
+    if args.backbone_checkpoint:  # the recorded checkpoint has moved: load this one (its weight hash is checked)
+        from .adapters import read_adapter_description, resolve_adapter_folder
+        from .backbone.checkpoints import load_backbone
+
+        recorded = read_adapter_description(resolve_adapter_folder(Path(args.checkpoint)))["backbone"]
+        backbone = load_backbone(recorded.get("name"), args.backbone_checkpoint)
+    model = RetrievalModel.from_adapter(args.checkpoint, backbone=backbone, device=args.device)
     description = model.adapter_description
     recipe = load_recipe(args.recipe, args.set) if args.recipe else description.get("recipe") or {}
     if not args.recipe:
+        if "data" not in recipe:
+            raise ValueError(f"{args.checkpoint}: the adapter records no recipe; pass --recipe RECIPE to say what to "
+                             "evaluate on")
         for assignment in args.set:
             apply_override(recipe, assignment)
-    if "data" not in recipe:
-        raise SystemExit(f"{args.checkpoint}: the adapter records no recipe; pass --recipe RECIPE to say what to evaluate on")
+        validate_recipe(recipe, f"{args.checkpoint} (the recipe in its adapter.json)")
     metrics = make_evaluator(recipe, model, args.device)(model)
     print(format_metrics_table(metrics))
     if args.json:
@@ -54,7 +72,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         try:
             extra_splits[name] = json.loads(table)
         except json.JSONDecodeError as error:
-            raise SystemExit(f"--split {assignment!r}: expected NAME='{{\"annotation_dir\": ...}}' (JSON): {error}")
+            raise ValueError(f"--split {assignment!r}: expected NAME='{{\"annotation_dir\": ...}}' (JSON): {error}")
     rows = compare(args.entries, args.runs_dir, args.set, extra_splits, args.device)
     paths = write_results(rows, args.out, title=args.title)
     print(markdown_table(rows))
@@ -74,7 +92,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 
     recipe = load_recipe(args.recipe, args.set)
     if not recipe["data"].get("cache_dir"):
-        raise SystemExit(f"{args.recipe}: [data] has no cache_dir to fill")
+        raise ValueError(f"{args.recipe}: [data] has no cache_dir to fill")
     recipe["data"]["num_workers"] = args.workers
     shape_only = create_backbone(recipe["backbone"]["name"], device="meta")  # the frames' size comes from its config
     for which in ("train", "test"):
@@ -96,7 +114,7 @@ def _cmd_preview(args: argparse.Namespace) -> None:
         split = read_split(recipe, args.split)
         record = next((video for video in split.videos if video.video_id == args.video), None)
         if record is None:
-            raise SystemExit(f"{args.recipe}: no video {args.video!r} in the {args.split} split "
+            raise ValueError(f"{args.recipe}: no video {args.video!r} in the {args.split} split "
                              f"(first ids: {', '.join(v.video_id for v in split.videos[:5])})")
         config = sampling_config(recipe, create_backbone(recipe["backbone"]["name"], device="meta"), train=False)
         path, start, end = record.path, record.start, record.end
@@ -126,6 +144,16 @@ def _cmd_recipes(args: argparse.Namespace) -> None:
         print(f"  {name}")
 
 
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from .convert import convert_checkpoint, parse_overrides
+
+    report = convert_checkpoint(args.method, args.checkpoint, args.out_folder, args.backbone, args.backbone_checkpoint,
+                                parse_overrides(args.method, args.set))
+    backbone = f" + {report['backbone_file']} ({report['backbone_bytes']:,} bytes)" if report["backbone_file"] else ""
+    print(f"{args.out_folder}: adapter {report['adapter_bytes']:,} bytes{backbone}; official checkpoint "
+          f"{report['official_bytes']:,} bytes")
+
+
 def _cuda() -> bool:
     import torch
 
@@ -134,6 +162,7 @@ def _cuda() -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petvr", description="Parameter-efficient text-video retrieval on CLIP.")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     commands = parser.add_subparsers(dest="command", required=True)
 
     pretrain = commands.add_parser("pretrain", help="pretrain the small embedded CLIP on synthetic image-captions")
@@ -158,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="override a key of that recipe, e.g. data.batch_size_val=32")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--backbone-checkpoint", metavar="PATH",
+                          help="the backbone's checkpoint, when the one recorded in adapter.json has moved")
     evaluate.add_argument("--device", default="cuda" if _cuda() else "cpu", help="default: cuda when available")
     evaluate.set_defaults(run=_cmd_eval)
 
@@ -207,18 +238,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipes = commands.add_parser("recipes", help="list the recipes shipped with petvr (petvr train NAME runs one)")
     recipes.set_defaults(run=_cmd_recipes)
+
+    convert = commands.add_parser("convert", help="convert a checkpoint of the official code into an adapter folder")
+    convert.add_argument("method", choices=["clip4clip", "cross_modal_adapter", "mv_adapter"])
+    convert.add_argument("checkpoint")
+    convert.add_argument("out_folder")
+    convert.add_argument("--backbone", default=None, help="the base backbone's model config name")
+    convert.add_argument("--backbone-checkpoint", default=None, help="the base backbone's weights")
+    convert.add_argument("--set", action="append", default=[], metavar="METHOD.OPTION=VALUE",
+                         help="method option the file does not show, e.g. clip4clip.freeze_layer_num=12")
+    convert.set_defaults(run=_cmd_convert)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run a command; bad input (a missing file, a malformed annotation, a wrong option) ends with its message."""
-    from .errors import DataError
-
+    """Run a command; bad input (a missing file, a malformed annotation, a wrong option) ends with its message and
+    status 1, Ctrl-C with how to resume and status 130; ``--debug`` re-raises either with its traceback."""
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (DataError, FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"petvr: error: {error}") from error
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(_interrupted_message(args), file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        raise SystemExit(f"petvr: error: {error}") from None
+
+
+def _interrupted_message(args: argparse.Namespace) -> str:
+    if args.command not in ("train", "compare"):
+        return "petvr: interrupted"
+    return ("petvr: interrupted; run the same command again to resume from the last checkpoint "
+            "(add --no-resume to start over)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,295 @@
+"""Convert checkpoints saved by the official CLIP4Clip, Cross-Modal Adapter and MV-Adapter code into adapter folders.
+
+``convert_checkpoint("clip4clip", "pytorch_model.bin.4", "runs/c4c")`` reads the official state dict, renames every
+key to petvr's, refuses keys it cannot place (or weights the model needs that the file lacks) with one error listing
+them all, and writes an adapter folder holding only the trained weights. The backbone weights in the file are
+compared with the base backbone: weights the method trains go into the adapter; if any weight the method does *not*
+train differs (the checkpoint fine-tuned more than its config says, or came from another CLIP), the full backbone is
+written beside the adapter as ``backbone.safetensors`` and recorded as the adapter's backbone.
+
+Official layouts (key names read from the repositories' model code; the wrapper module is saved whole):
+
+- CLIP4Clip (``torch.save(model.state_dict())``): ``clip.<OpenAI CLIP keys>``, ``clip.visual.conv2.weight`` for the 3D
+  patch, and the head: ``frame_position_embeddings`` (seqLSTM, seqTransf), ``transformerClip.resblocks.N.*``
+  (seqTransf), ``lstm_visual.*`` (seqLSTM), ``cross.embeddings.position_embeddings``, ``cross.transformer.*``,
+  ``cross.pooler.{ln_pool,dense}``, ``similarity_dense`` (tightTransf).
+- Cross-Modal Adapter (``checkpoint.pth``: ``{"model": state_dict, "optimizer": ..., ...}``): the same wrapper keys,
+  plus per-tower adapter banks on the CLIP module, indexed 2*block (after attention) and 2*block+1 (after the MLP):
+  ``clip.{visual,text}_adapter_down_{weight,bias}``, ``clip.{visual,text}_adapter_up_unique_{weight,bias}`` and the
+  bank shared by the towers, ``clip.vt_adapter_up_share_{weight,bias}`` (the last d_s output channels).
+
+The method config is read from the file where it shows (head, head depth, 3D patch, bottleneck and shared widths;
+CLIP4Clip's ``freeze_layer_num`` as the first block that differs from the base backbone) and ``overrides`` win.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .adapters import ADAPTER_WEIGHTS, write_adapter_files
+from .atomic import atomic_write_folder
+from .backbone import CLIP
+from .backbone.checkpoints import RawCheckpoint, load_backbone, save_backbone, to_petvr_state_dict
+
+BACKBONE_FILE = "backbone.safetensors"
+CONVERSION_FILE = "conversion.json"
+OFFICIAL_METHODS = ("clip4clip", "cross_modal_adapter", "mv_adapter")
+
+# CLIP4Clip's similarity heads (also in Cross-Modal Adapter's wrapper): official prefix -> petvr model prefix.
+HEAD_RENAMES = (
+    ("frame_position_embeddings.", "method.head.frame_position_embeddings."),
+    ("transformerClip.", "method.head.transformer."),
+    ("lstm_visual.", "method.head.lstm."),
+    ("cross.embeddings.position_embeddings.", "method.head.position_embeddings."),
+    ("cross.transformer.", "method.head.transformer."),
+    ("cross.pooler.ln_pool.", "method.head.pooler_norm."),
+    ("cross.pooler.dense.", "method.head.pooler_dense."),
+    ("similarity_dense.", "method.head.similarity_dense."),
+)
+HEAD_BY_KEY = (("lstm_visual.", "seqLSTM"), ("transformerClip.", "seqTransf"), ("cross.", "tightTransf"))
+CONV3D_KEY = "clip.visual.conv2.weight"
+CMA_BANK = re.compile(r"clip\.(visual|text|vt)_adapter_(down|up_unique|up_share)_(weight|bias)$")
+SUB_LAYERS = ("attn", "mlp")  # bank index 2*block + 0 / 1
+
+
+class ConversionError(ValueError):
+    """An official checkpoint that does not fit: names the file and lists every offending key."""
+
+
+def read_official_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The model's tensors from an official file: a state dict, or a training checkpoint holding one under
+    ``"model"`` / ``"state_dict"``; DDP's ``module.`` prefix is removed. Loaded with ``weights_only=True`` (plus
+    ``argparse.Namespace``, which Cross-Modal Adapter's checkpoint holds), so a file cannot run code."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):  # Cross-Modal Adapter saves its ``args``
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a non-checkpoint or an unsafe pickle
+        raise ConversionError(f"{path}: cannot read as a PyTorch checkpoint of tensors ({error})") from error
+    if isinstance(loaded, dict):
+        for container in ("model", "state_dict"):
+            if isinstance(loaded.get(container), dict):
+                loaded = loaded[container]
+                break
+    if not isinstance(loaded, dict) or not all(isinstance(value, Tensor) for value in loaded.values()):
+        raise ConversionError(f"{path}: expected a state dict (or a checkpoint with one under 'model'), "
+                              f"found {type(loaded).__name__}")
+    return {key.removeprefix("module."): value for key, value in loaded.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Official keys -> petvr model keys, one function per layout. Each returns (backbone tensors under OpenAI names,
+# method tensors under petvr model names, the config the file shows, keys it could not place).
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _split_common(state: dict[str, Tensor], extra: Callable[[str, Tensor, dict], bool] | None = None):
+    backbone, method, unmapped = {}, {}, []
+    for key, value in state.items():
+        if extra is not None and extra(key, value, method):
+            continue
+        if key == CONV3D_KEY:
+            method["backbone.visual.conv1.conv2.weight"] = value
+        elif key.startswith("clip."):
+            backbone[key.removeprefix("clip.")] = value
+        else:
+            for official, ours in HEAD_RENAMES:
+                if key.startswith(official):
+                    method[ours + key.removeprefix(official)] = value
+                    break
+            else:
+                unmapped.append(key)
+    config: dict[str, Any] = {}
+    for prefix, head in HEAD_BY_KEY:
+        if any(key.startswith(prefix) for key in state):
+            config["sim_header"] = head
+            blocks = {int(m.group(1)) for key in state if (m := re.match(re.escape(prefix) + r"(?:transformer\.)?resblocks\.(\d+)\.", key))}
+            if blocks:
+                config["cross_num_hidden_layers"] = max(blocks) + 1
+            break
+    if CONV3D_KEY in state:
+        config["linear_patch"] = "3d"
+    return backbone, method, config, unmapped
+
+
+def map_clip4clip(state: dict[str, Tensor]):
+    backbone, method, config, unmapped = _split_common(state)
+    config.setdefault("sim_header", "meanP")
+    return backbone, method, config, unmapped
+
+
+def map_cross_modal_adapter(state: dict[str, Tensor]):
+    def adapter_bank(key: str, value: Tensor, method: dict) -> bool:
+        match = CMA_BANK.match(key)
+        if match is None:
+            return False
+        tower, part, kind = match.groups()
+        for index in range(value.shape[0]):
+            block, sub_layer = divmod(index, 2)
+            if tower == "vt":
+                name = f"method.shared_up.{SUB_LAYERS[sub_layer]}.{block}.{kind}"
+            else:
+                tower_name = "visual" if tower == "visual" else "text"
+                name = f"backbone.{tower_name}.transformer.resblocks.{block}.{SUB_LAYERS[sub_layer]}.adapter.{part}.{kind}"
+            method[name] = value[index]
+        return True
+
+    backbone, method, config, unmapped = _split_common(state, adapter_bank)
+    down = state.get("clip.visual_adapter_down_weight", state.get("clip.text_adapter_down_weight"))
+    if down is not None:
+        config["bottleneck_dim"] = down.shape[1]
+    share = state.get("clip.vt_adapter_up_share_weight")
+    config["shared_dim"] = share.shape[1] if share is not None else 0
+    return backbone, method, config, unmapped
+
+
+MAPPINGS: dict[str, Callable] = {"clip4clip": map_clip4clip, "cross_modal_adapter": map_cross_modal_adapter}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The conversion
+# ---------------------------------------------------------------------------------------------------------------------
+
+def parse_overrides(method: str, assignments: list[str]) -> dict[str, Any]:
+    """``["clip4clip.freeze_layer_num=12"]`` -> ``{"freeze_layer_num": 12}`` (values read as JSON, else text)."""
+    overrides = {}
+    for assignment in assignments:
+        key, equals, value = assignment.partition("=")
+        prefix, dot, option = key.partition(".")
+        if not equals or not dot or prefix != method:
+            raise ConversionError(f"--set {assignment!r}: expected {method}.OPTION=VALUE")
+        try:
+            overrides[option] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[option] = value
+    return overrides
+
+
+def _differs(stored: Tensor, base: Tensor) -> bool:
+    """Whether a checkpoint tensor differs from the base weight, compared in the checkpoint's dtype (an fp16 file of
+    an unchanged fp32 weight does not differ)."""
+    return stored.shape != base.shape or not torch.equal(stored, base.to(stored.dtype))
+
+
+def _infer_freeze_layer_num(changed: list[str], layers: int) -> int:
+    """CLIP4Clip trains blocks from ``freeze_layer_num`` on (plus the projections and final norms): the first block
+    any changed weight sits in; -1 when an embedding changed; ``layers`` when no block changed."""
+    from .methods.clip4clip import ALWAYS_TRAINED, _block_index
+
+    if any(_block_index(name) < 0 and not name.startswith(ALWAYS_TRAINED) for name in changed):
+        return -1
+    return min([_block_index(name) for name in changed if _block_index(name) >= 0], default=layers)
+
+
+def convert_checkpoint(method: str, checkpoint: str | Path, out_folder: str | Path, backbone: str | None = None,
+                       backbone_checkpoint: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                       base: CLIP | None = None) -> dict[str, Any]:
+    """Convert an official checkpoint of ``method`` into the adapter folder ``out_folder``; returns a report (config,
+    key counts, file sizes, whether a backbone file was written). ``base`` (an already loaded backbone) replaces
+    ``backbone`` / ``backbone_checkpoint``."""
+    from .methods import RetrievalModel
+
+    if method not in OFFICIAL_METHODS:
+        raise ConversionError(f"unknown official layout {method!r}; known: {', '.join(OFFICIAL_METHODS)}")
+    if method not in MAPPINGS:
+        raise ConversionError(f"converting {method} checkpoints is not implemented yet")
+    checkpoint, out_folder = Path(checkpoint), Path(out_folder)
+    state = read_official_state_dict(checkpoint)
+    backbone_openai, method_weights, config, unmapped = MAPPINGS[method](state)
+    config.update(overrides or {})
+    if base is None:
+        base = load_backbone(backbone, backbone_checkpoint)
+    base_state = base.state_dict()
+
+    # Backbone keys: OpenAI -> petvr names, then exactly the base's keys with its shapes.
+    converted = to_petvr_state_dict(RawCheckpoint(checkpoint, "official", backbone_openai)) if backbone_openai else None
+    stored = {key: f"clip.{name}" for key, name in converted.stored_names.items()} if converted else {}
+    tensors = converted.tensors if converted else {}
+    problems = [f"unmapped key {key}" for key in sorted(unmapped)]
+    problems += [f"backbone weight missing: clip.<{key}> (petvr {key})" for key in sorted(set(base_state) - set(tensors))]
+    problems += [f"leftover backbone key {stored.get(key, key)} (the {base.name} backbone has no {key})"
+                 for key in sorted(set(tensors) - set(base_state))]
+    problems += [f"{stored.get(key, key)}: shape {tuple(value.shape)}, the backbone has {tuple(base_state[key].shape)}"
+                 for key, value in sorted(tensors.items()) if key in base_state and value.shape != base_state[key].shape]
+    if problems:
+        raise _error(checkpoint, method, problems)
+    changed = [key for key, value in tensors.items() if _differs(value, base_state[key])]
+    if method == "clip4clip" and "freeze_layer_num" not in config:
+        config["freeze_layer_num"] = _infer_freeze_layer_num(changed, max(base.config.vision.layers, base.config.text.layers))
+
+    def build(backbone_weights: CLIP) -> RetrievalModel:
+        try:
+            return RetrievalModel(backbone_weights, method, **config)
+        except (TypeError, ValueError) as error:
+            raise ConversionError(f"{checkpoint}: cannot build {method} with {config}: {error}") from error
+
+    model = build(copy.deepcopy(base))
+    original_ids = model.original_backbone_ids
+    trained_backbone = {name.removeprefix("backbone.") for name, p in model.named_parameters()
+                        if p.requires_grad and id(p) in original_ids}
+    frozen_changed = sorted(set(changed) - trained_backbone)
+    if frozen_changed:  # the file changed weights this config keeps frozen: the adapter needs its own backbone
+        tuned = copy.deepcopy(base)
+        tuned.load_state_dict({key: value.float() for key, value in tensors.items()}, strict=True)
+        model = build(copy.deepcopy(tuned))  # a method may replace sub-modules; the file keeps the plain backbone
+    weights = dict(method_weights)
+    weights.update({f"backbone.{name}": tensors[name] for name in trained_backbone})
+
+    # The trained weights the model expects, exactly.
+    parameters = dict(model.named_parameters())
+    expected = {name for name, p in parameters.items() if p.requires_grad}
+    problems = [f"missing weight {name} (the {method} model with {config} needs it)" for name in sorted(expected - set(weights))]
+    problems += [f"leftover key for {name} (no such trained weight in the {method} model with {config})"
+                 for name in sorted(set(weights) - expected)]
+    problems += [f"{name}: shape {tuple(weights[name].shape)}, the model has {tuple(parameters[name].shape)}"
+                 for name in sorted(expected & set(weights)) if weights[name].shape != parameters[name].shape]
+    if problems:
+        raise _error(checkpoint, method, problems)
+    with torch.no_grad():
+        for name in expected:
+            parameters[name].copy_(weights[name])
+
+    backbone_path = out_folder.resolve() / BACKBONE_FILE if frozen_changed else None
+    recorded = str(backbone_path) if backbone_path else (str(backbone_checkpoint) if backbone_checkpoint else None)
+    recipe = {"backbone": {"name": base.name, "checkpoint": recorded}}
+    report = {
+        "method": method, "source": str(checkpoint.resolve()), "method_config": model.method_config_dict(),
+        "official_keys": len(state), "trained_tensors": len(expected),
+        "changed_backbone_weights": len(changed), "backbone_file": BACKBONE_FILE if frozen_changed else None,
+        "official_bytes": checkpoint.stat().st_size,
+    }
+
+    def write(folder: Path) -> None:
+        write_adapter_files(model, folder, recipe=recipe)
+        if frozen_changed:
+            save_backbone(tuned, folder / BACKBONE_FILE)
+        report["adapter_bytes"] = (folder / ADAPTER_WEIGHTS).stat().st_size
+        report["backbone_bytes"] = (folder / BACKBONE_FILE).stat().st_size if frozen_changed else 0
+        (folder / CONVERSION_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+    atomic_write_folder(out_folder, write)
+    _verify(model, out_folder, None if frozen_changed else base)
+    return report
+
+
+def _verify(model, folder: Path, base: CLIP | None) -> None:
+    """Rebuild the folder with ``RetrievalModel.from_adapter`` and require the same trained weights."""
+    from .methods import RetrievalModel
+
+    rebuilt = RetrievalModel.from_adapter(folder, backbone=copy.deepcopy(base) if base is not None else None)
+    ours, theirs = model.trainable_state_dict(), rebuilt.trainable_state_dict()
+    differing = [name for name in ours if not torch.equal(ours[name], theirs[name])]
+    if differing:
+        raise ConversionError(f"{folder}: the rebuilt adapter differs from the conversion in {differing[:5]}")
+
+
+def _error(checkpoint: Path, method: str, problems: list[str]) -> ConversionError:
+    return ConversionError(f"{checkpoint}: not a {method} checkpoint this backbone and config can hold; "
+                           f"{len(problems)} problem(s):\n  " + "\n  ".join(problems))

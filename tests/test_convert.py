@@ -1,0 +1,255 @@
+"""`petvr convert`: official CLIP4Clip / Cross-Modal Adapter checkpoints -> adapter folders.
+
+The official files are written here with random weights under the key names of the official model code (hard-coded
+below, independently of petvr's mapping), and the converted model is compared with a forward pass written here from
+the official modules' structure (OpenAI-style blocks with an additive -1e6 key mask, BERT-eps LayerNorms).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from petvr.backbone import create_backbone
+from petvr.backbone.checkpoints import load_backbone, save_backbone
+from petvr.cli import main
+from petvr.convert import ConversionError, convert_checkpoint
+from petvr.methods import RetrievalModel
+
+TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
+
+
+def quick_gelu(x):
+    return x * torch.sigmoid(1.702 * x)
+
+
+class OfficialBlock(nn.Module):
+    """CLIP4Clip's head block: attn, ln_1, mlp.{c_fc, c_proj}, ln_2 (eps 1e-12)."""
+
+    def __init__(self, width, heads):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, heads)
+        self.ln_1 = nn.LayerNorm(width, eps=1e-12)
+        self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(width, 4 * width)), ("c_proj", nn.Linear(4 * width, width))]))
+        self.ln_2 = nn.LayerNorm(width, eps=1e-12)
+        self.heads = heads
+
+    def forward(self, x, mask):  # x (L, N, D), mask (N, L) valid
+        additive = ((1.0 - mask.float()) * -1e6)[:, None, :].expand(-1, mask.shape[1], -1)
+        additive = additive.repeat_interleave(self.heads, dim=0)
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False, attn_mask=additive)[0]
+        return x + self.mlp.c_proj(quick_gelu(self.mlp.c_fc(self.ln_2(x))))
+
+
+class Stack(nn.Module):
+    def __init__(self, width, heads, layers):
+        super().__init__()
+        self.resblocks = nn.ModuleList(OfficialBlock(width, heads) for _ in range(layers))
+
+    def forward(self, x, mask):
+        for block in self.resblocks:
+            x = block(x, mask)
+        return x
+
+
+def randomise(module):
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0, 0.05)
+    return module
+
+
+class OfficialSeqTransf(nn.Module):
+    def __init__(self, width, heads, context, layers):
+        super().__init__()
+        self.frame_position_embeddings = nn.Embedding(context, width)
+        self.transformerClip = Stack(width, heads, layers)
+
+    def logits(self, text, frames, mask, scale):
+        x = frames + self.frame_position_embeddings.weight[: frames.shape[1]]
+        x = self.transformerClip(x.permute(1, 0, 2), mask).permute(1, 0, 2) + frames
+        x = F.normalize(x, dim=-1) * mask[..., None]
+        video = F.normalize(x.sum(1) / mask.sum(1, keepdim=True), dim=-1)
+        return scale * F.normalize(text, dim=-1) @ video.T
+
+
+class OfficialTight(nn.Module):
+    def __init__(self, width, heads, context, layers):
+        super().__init__()
+        self.cross = nn.Module()
+        self.cross.embeddings = nn.Module()
+        self.cross.embeddings.position_embeddings = nn.Embedding(context, width)
+        self.cross.transformer = Stack(width, heads, layers)
+        self.cross.pooler = nn.Module()
+        self.cross.pooler.ln_pool = nn.LayerNorm(width, eps=1e-12)
+        self.cross.pooler.dense = nn.Linear(width, width)
+        self.similarity_dense = nn.Linear(width, 1)
+
+    def logits(self, text, frames, mask):
+        rows = []
+        for t in text:
+            tokens = torch.cat([t.expand(frames.shape[0], 1, -1), frames], dim=1)
+            token_mask = torch.cat([torch.ones(frames.shape[0], 1), mask.float()], dim=1)
+            x = tokens + self.cross.embeddings.position_embeddings.weight[: tokens.shape[1]]
+            x = self.cross.transformer(x.permute(1, 0, 2), token_mask).permute(1, 0, 2)
+            pooled = quick_gelu(self.cross.pooler.dense(self.cross.pooler.ln_pool(x)[:, 0]))
+            rows.append(self.similarity_dense(pooled)[:, 0])
+        return torch.stack(rows)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return load_backbone("petvr-tiny")
+
+
+def official_clip_keys(backbone) -> dict:
+    """The backbone under CLIP4Clip's names: ``clip.`` + OpenAI's (text tower keys at the top level)."""
+    return {"clip." + (key.removeprefix("text.") if key.removeprefix("text.").startswith(TEXT_KEYS) else key): value.clone()
+            for key, value in backbone.state_dict().items()}
+
+
+def perturb(state, *keys):
+    for key in keys:
+        state[key] = state[key] + 0.01
+
+
+def inputs(backbone, num_videos=3, num_frames=4):
+    torch.manual_seed(1)
+    size = backbone.config.vision.image_size
+    frames = torch.randn(num_videos, num_frames, 3, size, size)
+    frame_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    tokens = torch.randint(1, 400, (2, 8))
+    return tokens, torch.ones_like(tokens, dtype=torch.bool), frames, frame_mask
+
+
+def reference_features(base, official, tokens, token_mask, frames, frame_mask):
+    """Text and frame features of the official checkpoint's CLIP (loaded through petvr's OpenAI reader path)."""
+    tuned = copy.deepcopy(base)
+    tuned.load_state_dict({key: official["clip." + (key.removeprefix("text.") if key.removeprefix("text.").startswith(TEXT_KEYS) else key)]
+                           for key in tuned.state_dict()})
+    zero_shot = RetrievalModel(tuned, "zero_shot")
+    with torch.no_grad():
+        return zero_shot.encode_text(tokens, token_mask), zero_shot.encode_video(frames, frame_mask), tuned.logit_scale.exp()
+
+
+def test_clip4clip_seqtransf_matches_official_forward_and_cli(base, tmp_path):
+    torch.manual_seed(0)
+    head = randomise(OfficialSeqTransf(128, 2, 32, 2)).eval()
+    official = official_clip_keys(base)
+    perturb(official, "clip.visual.transformer.resblocks.3.mlp.c_fc.weight", "clip.transformer.resblocks.3.ln_1.bias",
+            "clip.logit_scale", "clip.visual.proj")
+    official.update(head.state_dict())
+    path = tmp_path / "pytorch_model.bin.2"
+    torch.save(official, path)
+    saved = tmp_path / "tiny.safetensors"
+    save_backbone(base, saved)
+
+    main(["convert", "clip4clip", str(path), str(tmp_path / "out"), "--backbone", "petvr-tiny",
+          "--backbone-checkpoint", str(saved)])
+    model = RetrievalModel.from_adapter(tmp_path / "out").eval()
+    config = model.method_config_dict()
+    assert (config["sim_header"], config["cross_num_hidden_layers"], config["freeze_layer_num"]) == ("seqTransf", 2, 3)
+    assert not (tmp_path / "out" / "backbone.safetensors").exists()  # every changed weight is a trained one
+
+    tokens, token_mask, frames, frame_mask = inputs(base)
+    text, video, scale = reference_features(base, official, tokens, token_mask, frames, frame_mask)
+    with torch.no_grad():
+        expected = head.logits(text, video, frame_mask, scale)
+        got = model(tokens, token_mask, frames, frame_mask)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_clip4clip_tight_transf_3d_and_frozen_change_writes_backbone(base, tmp_path):
+    torch.manual_seed(0)
+    head = randomise(OfficialTight(128, 2, 32, 1)).eval()
+    official = official_clip_keys(base)
+    perturb(official, "clip.visual.transformer.resblocks.0.attn.in_proj_weight", "clip.token_embedding.weight")
+    conv = official["clip.visual.conv1.weight"]
+    official["clip.visual.conv2.weight"] = torch.stack([0.1 * conv, conv, -0.1 * conv], dim=2)
+    official.update(head.state_dict())
+    path = tmp_path / "tight.bin"
+    torch.save(official, path)
+
+    report = convert_checkpoint("clip4clip", path, tmp_path / "out", base=base, overrides={"freeze_layer_num": 4})
+    assert report["backbone_file"] == "backbone.safetensors" and report["method_config"]["linear_patch"] == "3d"
+    model = RetrievalModel.from_adapter(tmp_path / "out").eval()  # finds the recorded backbone file
+    assert model.method_config_dict()["sim_header"] == "tightTransf"
+
+    tokens, token_mask, frames, frame_mask = inputs(base)
+    text, _, _ = reference_features(base, official, tokens, token_mask, frames, frame_mask)
+    with torch.no_grad():
+        video = model.encode_video(frames, frame_mask)
+        expected = head.logits(text, video, frame_mask)
+        got = model(tokens, token_mask, frames, frame_mask)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    conv3d = model.backbone.visual.conv1.conv2.weight
+    assert torch.equal(conv3d, official["clip.visual.conv2.weight"])
+
+
+def test_cross_modal_adapter_checkpoint(tmp_path):
+    config_path = tmp_path / "tiny4.json"
+    config_path.write_text('{"embed_dim": 128, "quick_gelu": true, "vision": {"image_size": 32, "patch_size": 8, '
+                           '"width": 128, "layers": 2, "heads": 2}, "text": {"context_length": 16, "vocab_size": 500, '
+                           '"width": 128, "heads": 2, "layers": 2}}')
+    torch.manual_seed(0)
+    base = create_backbone(str(config_path))
+    official = {key: value.half() if value.dim() == 2 and "embedding" not in key else value
+                for key, value in official_clip_keys(base).items()}  # the code stores its CLIP in fp16
+    layers, width, r, shared = 2, 128, 8, 16
+    for tower in ("visual", "text"):
+        official[f"clip.{tower}_adapter_down_weight"] = torch.randn(2 * layers, r, width)
+        official[f"clip.{tower}_adapter_down_bias"] = torch.randn(2 * layers, r)
+        official[f"clip.{tower}_adapter_up_unique_weight"] = torch.randn(2 * layers, width - shared, r)
+        official[f"clip.{tower}_adapter_up_unique_bias"] = torch.randn(2 * layers, width - shared)
+    official["clip.vt_adapter_up_share_weight"] = torch.randn(2 * layers, shared, r)
+    official["clip.vt_adapter_up_share_bias"] = torch.randn(2 * layers, shared)
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": official, "optimizer": {}, "epoch": 4, "args": argparse.Namespace(adapter_share_dim=16)}, path)
+
+    report = convert_checkpoint("cross_modal_adapter", path, tmp_path / "out", base=base)
+    assert report["backbone_file"] is None and report["method_config"]["shared_dim"] == shared
+    assert report["adapter_bytes"] < report["official_bytes"] / 4
+    model = RetrievalModel.from_adapter(tmp_path / "out", backbone=copy.deepcopy(base))
+    assert all(".adapter." in name or name.startswith("method.shared_up.") for name in model.trainable_state_dict())
+    hidden = torch.randn(3, 5, width)
+    for tower, bank in (("visual", "visual"), ("text", "text")):
+        for block in range(layers):
+            for sub, name in enumerate(("attn", "mlp")):
+                index = 2 * block + sub
+                z = quick_gelu(F.linear(hidden, official[f"clip.{bank}_adapter_down_weight"][index],
+                                        official[f"clip.{bank}_adapter_down_bias"][index]))
+                expected = torch.cat([F.linear(z, official[f"clip.{bank}_adapter_up_unique_weight"][index],
+                                               official[f"clip.{bank}_adapter_up_unique_bias"][index]),
+                                      F.linear(z, official["clip.vt_adapter_up_share_weight"][index],
+                                               official["clip.vt_adapter_up_share_bias"][index])], dim=-1)
+                wrapper = getattr(getattr(model.backbone, tower).transformer.resblocks[block], name)
+                with torch.no_grad():
+                    torch.testing.assert_close(wrapper.adapter(hidden), expected)
+
+
+def test_missing_and_extra_keys_are_listed(base, tmp_path):
+    torch.manual_seed(0)
+    official = official_clip_keys(base)
+    official.update(randomise(OfficialSeqTransf(128, 2, 32, 1)).state_dict())
+    del official["transformerClip.resblocks.0.ln_1.weight"], official["clip.ln_final.bias"]
+    official["q_score_proj.weight"] = torch.zeros(2, 2)
+    official["clip.visual.extra_table"] = torch.zeros(3)
+    torch.save(official, tmp_path / "broken.bin")
+    with pytest.raises(ConversionError) as caught:
+        convert_checkpoint("clip4clip", tmp_path / "broken.bin", tmp_path / "out", base=base)
+    message = str(caught.value)
+    for key in ("q_score_proj.weight", "clip.visual.extra_table", "ln_final.bias"):
+        assert key in message
+    assert not (tmp_path / "out").exists()
+
+    del official["clip.visual.extra_table"], official["q_score_proj.weight"]
+    official["clip.ln_final.bias"] = base.text.ln_final.bias.clone()
+    torch.save(official, tmp_path / "broken.bin")
+    with pytest.raises(ConversionError, match=r"missing weight method\.head\.transformer\.resblocks\.0\.ln_1\.weight"):
+        convert_checkpoint("clip4clip", tmp_path / "broken.bin", tmp_path / "out", base=base)
