@@ -81,3 +81,29 @@ def atomic_write_folder(folder: str | Path, write: Callable[[Path], None]) -> Pa
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def remove_unfinished_writes(folder: str | Path) -> list[str]:
+    """Clean up after writes into ``folder`` that a killed process left half-done; returns what was done, in words.
+
+    A temporary file or folder (``.<name>.<random>.tmp``) is deleted: its write never finished. An aside copy
+    (``.<name>.old``) is deleted when ``<name>`` is in place (the swap finished), and renamed back to ``<name>`` when
+    not (the swap was cut between its two renames: the aside copy is the last complete version).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    done = []
+    for path in sorted(folder.glob(".*")):
+        if path.name.endswith(".tmp") and path.name.count(".") >= 3:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            done.append(f"removed {path} (an unfinished write)")
+        elif path.name.endswith(".old") and path.is_dir() and not path.is_symlink():
+            target = path.with_name(path.name[1:-len(".old")])
+            if target.exists():
+                shutil.rmtree(path)
+                done.append(f"removed {path} (the copy an interrupted replacement of {target.name} kept)")
+            else:
+                os.replace(path, target)
+                done.append(f"restored {target} from {path.name} (its replacement was interrupted)")
+    return done
