@@ -16,7 +16,7 @@ def dataclass_from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
     ``[train] has unknown key(s) ['learning_rate'] (did you mean 'lr'?); known: [...]``. A field whose type is itself
     a dataclass is built from its sub-dict the same way (``where`` becomes ``"<where>: <field>"``). Missing keys take
     the dataclass's defaults. A value of the wrong basic type (a string where the field is a float, a float where it
-    is an int) is refused naming the key: ``[train]: lr must be a number (float), found str 'fast'``; the dataclass
+    is an int) is refused naming the key: ``[train] lr: must be a number, found str 'fast'``; the dataclass
     checks the values' ranges.
     """
     if not isinstance(data, dict):
@@ -34,7 +34,7 @@ def dataclass_from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
         if isinstance(value, dict) and isinstance(annotation, type) and is_dataclass(annotation):
             values[key] = dataclass_from_dict(annotation, value, f"{where}: {key}")
         elif not value_fits(value, annotation):
-            raise ValueError(f"{where}: {key} must be {describe_type(annotation)}, found {type(value).__name__} "
+            raise ValueError(f"{where} {key}: must be {describe_type(annotation)}, found {type(value).__name__} "
                              f"{value!r}")
     return cls(**values)
 

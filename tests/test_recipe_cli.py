@@ -1,5 +1,6 @@
 """Recipes and the `petvr` command end to end on a tiny synthetic world: train, checkpoint, eval, adapter files."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,16 @@ def test_train_then_eval_from_the_command_line(world_overrides, world, tmp_path,
     assert metrics["ties"] == "stable"
     main(["eval", str(adapter), "--set", 'data.ties="official"', "--json", str(tmp_path / "official.json")])
     assert json.loads((tmp_path / "official.json").read_text())["ties"] == "official"
+
+    moved = tmp_path / "moved-adapter"  # the recorded backbone checkpoint has moved: --backbone-checkpoint finds it
+    shutil.copytree(adapter, moved)
+    moved_description = json.loads((moved / "adapter.json").read_text())
+    moved_description["recipe"]["backbone"]["checkpoint"] = str(tmp_path / "gone.safetensors")
+    (moved / "adapter.json").write_text(json.dumps(moved_description))
+    with pytest.raises(SystemExit, match="petvr: error: .*cannot find backbone"):
+        main(["eval", str(moved)])
+    main(["eval", str(moved), "--backbone-checkpoint", str(world / "tiny.safetensors")])
+    assert "t2v" in capsys.readouterr().out
 
     other = create_backbone("petvr-tiny")  # a different backbone: the adapter must refuse it
     with pytest.raises(ValueError, match="weight hash"):

@@ -7,13 +7,15 @@ see the same samples, whatever the number of DataLoader workers.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from ..backbone.tokenizer import Tokenizer
+from ..errors import WorkerError
 from .cache import FrameCache
 from .records import CaptionPair, TrainingSamples, VideoRecord
 from .video import SamplingConfig, VideoSample, load_video
@@ -32,6 +34,22 @@ class FrameSource:
         return load_video(path, self.sampling, start, end, rng)
 
 
+def errors_leave_workers_whole(get_item):
+    """A dataset's ``__getitem__`` whose exceptions in a DataLoader worker reach the main process as their own type
+    and message (see ``WorkerError``), as they do with ``num_workers = 0``."""
+
+    @functools.wraps(get_item)
+    def wrapped(self, index):
+        try:
+            return get_item(self, index)
+        except Exception as error:
+            if get_worker_info() is None:
+                raise
+            raise WorkerError.carrying(error) from error
+
+    return wrapped
+
+
 class CaptionVideoDataset(Dataset):
     """Training samples (``TrainingSamples`` of ``CaptionPair``) -> tokens and frames."""
 
@@ -48,6 +66,7 @@ class CaptionVideoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @errors_leave_workers_whole
     def __getitem__(self, index: int) -> dict:
         pair = self.samples[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -66,6 +85,7 @@ class VideoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.videos)
 
+    @errors_leave_workers_whole
     def __getitem__(self, index: int) -> dict:
         record = self.videos[index]
         video = self.frames.load(record.path, record.start, record.end, None)

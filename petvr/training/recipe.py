@@ -109,9 +109,9 @@ def merge_tables(base: dict, override: dict) -> dict:
 
 def _read_toml(path: Path) -> dict:
     try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"{path}: not valid TOML ({error})") from error
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise RecipeError(f"{path}: not valid TOML ({error})") from error
 
 
 def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
