@@ -243,7 +243,8 @@ class Trainer:
                     self.model.backbone.logit_scale.clamp_(max=math.log(config.max_logit_scale))
                 self.step += 1
                 extra = {name: value for name, value in step_terms.items() if name not in ("loss", "infonce")}
-                self._record({"step": self.step, "epoch": epoch + 1, "loss": step_loss, **extra, "lr": learning_rates})
+                self._record({"step": self.step, "epoch": epoch + 1, "loss": step_loss, **extra,
+                              "lr": learning_rates})
                 progress.update(1)
                 progress.set_postfix(loss=f"{step_loss:.4f}")
                 if self.step % self.steps_per_epoch == 0:
@@ -370,7 +371,8 @@ class Trainer:
     def _check_setup(self, folder: Path, saved: dict) -> None:
         """Refuse a changed training setup, except ``RESUMABLE_CHANGES`` and more ``epochs`` (an extension)."""
         changed = {key: (value, getattr(self.config, key)) for key, value in saved.items()
-                   if key not in RESUMABLE_CHANGES + ("epochs",) and _plain(getattr(self.config, key, None)) != _plain(value)}
+                   if key not in RESUMABLE_CHANGES + ("epochs",)
+                   and _plain(getattr(self.config, key, None)) != _plain(value)}
         if self.config.epochs < saved["epochs"]:
             changed["epochs"] = (saved["epochs"], self.config.epochs)
         if changed:
