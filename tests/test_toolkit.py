@@ -355,3 +355,11 @@ def shared_view_of(backbone):
     from petvr.methods.model import shared_view
 
     return shared_view(backbone, own_copies=[name for name, _ in backbone.named_parameters()])
+
+
+def test_an_adapter_naming_an_unknown_method_names_its_file(tmp_path):
+    RetrievalModel(create_backbone("petvr-tiny"), "zero_shot").save_adapter(tmp_path / "adapter")
+    description = (tmp_path / "adapter" / "adapter.json").read_text().replace('"zero_shot"', '"clip5clip"')
+    (tmp_path / "adapter" / "adapter.json").write_text(description)
+    with pytest.raises(ValueError, match=r"adapter\.json: unknown method 'clip5clip'"):
+        RetrievalModel.from_adapter(tmp_path / "adapter")

@@ -18,7 +18,7 @@ from ..adapters import (find_adapter_backbone, load_adapter_weights, read_adapte
                         save_adapter)
 from ..backbone import CLIP, create_backbone
 from ..backbone.checkpoints import backbone_weight_hash
-from .base import create_method
+from .base import create_method, list_methods
 
 
 class RetrievalModel(nn.Module):
@@ -65,6 +65,9 @@ class RetrievalModel(nn.Module):
         folder = resolve_adapter_folder(Path(folder))
         description = read_adapter_description(folder)
         method, options = description["method"], description["method_config"]
+        if method not in list_methods():
+            raise ValueError(f"{folder / 'adapter.json'}: unknown method {method!r}; this petvr has "
+                             f"{', '.join(list_methods())} (was the adapter made by a newer petvr?)")
         if backbone is None:
             backbone = find_adapter_backbone(description, folder)
         else:
