@@ -17,9 +17,17 @@ Official layouts (key names read from the repositories' model code; the wrapper 
   plus per-tower adapter banks on the CLIP module, indexed 2*block (after attention) and 2*block+1 (after the MLP):
   ``clip.{visual,text}_adapter_down_{weight,bias}``, ``clip.{visual,text}_adapter_up_unique_{weight,bias}`` and the
   bank shared by the towers, ``clip.vt_adapter_up_share_{weight,bias}`` (the last d_s output channels).
+- MV-Adapter (``torch.save`` of the *trainable* ``named_parameters()`` only, adapters in fp16): its CLIP splits each
+  block's attention into ``attn.{q,k,v,out}_proj`` with the pre-attention norm as ``attn.ln`` and the pre-MLP norm as
+  ``mlp.ln``; the adapters sit at ``clip.visual.transformer.resblocks.N.mlp.adapter.*`` (video) and
+  ``clip.transformer.resblocks.N.mlp.adapter.*`` (text): ``down``, ``up``, ``ln_pre``, ``positional_embedding``,
+  ``block.*`` (the TRM), ``ln_in`` (``lnin``), ``md_proj`` (CMT's projection), and in the video branch ``cc`` and the
+  calibration ``conv_rf_c.{g,a,b}``; the CMT factors are ``clip.prompt.K``. Backbone weights the file lacks are the
+  base's (the code saves what it trained: the CLIP biases, when ``train_backbone_biases``).
 
 The method config is read from the file where it shows (head, head depth, 3D patch, bottleneck and shared widths;
-CLIP4Clip's ``freeze_layer_num`` as the first block that differs from the base backbone) and ``overrides`` win.
+CLIP4Clip's ``freeze_layer_num`` as the first block that differs from the base backbone; MV-Adapter's frames and words
+from its positional tables, its tied layers, calibration, ``lnin`` and trained biases) and ``overrides`` win.
 """
 from __future__ import annotations
 
@@ -150,7 +158,117 @@ def map_cross_modal_adapter(state: dict[str, Tensor]):
     return backbone, method, config, unmapped
 
 
-MAPPINGS: dict[str, Callable] = {"clip4clip": map_clip4clip, "cross_modal_adapter": map_cross_modal_adapter}
+# MV-Adapter: official adapter names (after ``mlp.adapter.``) -> petvr's (after ``mlp.adapter.``), by prefix.
+MVA_RENAMES = (
+    ("block.", "temporal."),  # the TRM at width d'
+    ("conv_rf_c.g.", "calibration.cc_projection."),
+    ("conv_rf_c.a.", "calibration.fc1."),
+    ("conv_rf_c.b.", "calibration.fc2."),
+    ("md_proj.", "tying.projection."),
+    ("ln_in.", "input_norm."),
+    ("cc", "cc_token"),
+    ("down.", "down."), ("up.", "up."), ("ln_pre.", "ln_pre."), ("positional_embedding", "positional_embedding"),
+)
+MVA_ADAPTER = re.compile(r"clip\.(visual\.)?transformer\.resblocks\.(\d+)\.mlp\.adapter\.(.+)$")
+MVA_BLOCK = re.compile(r"((?:visual\.)?transformer\.resblocks\.\d+)\.(attn|mlp)\.(.+)$")
+MVA_FACTOR = re.compile(r"clip\.prompt\.(\d+)$")
+
+
+def _mva_backbone_name(name: str, value: Tensor, qkv: dict[str, dict[str, Tensor]]) -> str | None:
+    """One of MV-Adapter's CLIP keys (``clip.`` removed) -> its OpenAI name; ``q/k/v_proj`` parts are collected in
+    ``qkv`` (fused later) and give None."""
+    match = MVA_BLOCK.match(name)
+    if match is None:
+        return name  # embeddings, ln_pre / ln_post / ln_final, projections: OpenAI's names
+    block, sub_layer, rest = match.groups()
+    if sub_layer == "attn" and rest[:7] in ("q_proj.", "k_proj.", "v_proj."):
+        qkv.setdefault(f"{block}.attn.in_proj_{rest[7:]}", {})[rest[0]] = value
+        return None
+    if rest.startswith("ln."):
+        return f"{block}.{'ln_1' if sub_layer == 'attn' else 'ln_2'}.{rest[3:]}"
+    return f"{block}.{sub_layer}.{rest}"
+
+
+def map_mv_adapter(state: dict[str, Tensor]):
+    backbone, method, unmapped = {}, {}, []
+    qkv: dict[str, dict[str, Tensor]] = {}
+    adapted: dict[str, set[int]] = {"vision": set(), "text": set()}
+    suffixes: dict[str, set[str]] = {"vision": set(), "text": set()}
+    tied_width: dict[str, tuple[int, ...]] = {}
+    shared_factors = []
+    for key, value in state.items():
+        if (match := MVA_FACTOR.match(key)) is not None:
+            method[f"method.tying_factors.{match.group(1)}"] = value.float()
+        elif (match := MVA_ADAPTER.match(key)) is not None:
+            visual, block, rest = match.groups()
+            tower = "vision" if visual else "text"
+            if rest == "shared_factor":  # the factor again (a state_dict() save): checked against clip.prompt below
+                shared_factors.append((key, tower, int(block), value))
+                continue
+            renamed = next((ours + rest.removeprefix(official) for official, ours in MVA_RENAMES
+                            if rest.startswith(official) and (official.endswith(".") or rest == official)), None)
+            if renamed is None:
+                unmapped.append(key)
+                continue
+            adapted[tower].add(int(block))
+            suffixes[tower].add(rest)
+            if rest == "md_proj.weight":
+                tied_width[tower] = tuple(value.shape)
+            tower_name = "visual" if visual else "text"
+            method[f"backbone.{tower_name}.transformer.resblocks.{block}.mlp.adapter.{renamed}"] = value.float()
+        elif key.startswith("clip."):
+            name = _mva_backbone_name(key.removeprefix("clip."), value, qkv)
+            if name is not None:
+                backbone[name] = value  # in the file's dtype: unchanged fp16 weights must compare equal to the base
+        else:
+            unmapped.append(key)
+    for fused, parts in qkv.items():
+        if set(parts) == {"q", "k", "v"} and len({part.dtype for part in parts.values()}) == 1:
+            backbone[fused] = torch.cat([parts["q"], parts["k"], parts["v"]])
+        else:  # an incomplete set cannot be fused
+            block, kind = fused.split(".attn.in_proj_")
+            unmapped += [f"clip.{block}.attn.{part}_proj.{kind}" for part in sorted(parts)]
+
+    config: dict[str, Any] = {}
+    towers = [tower for tower in ("vision", "text") if adapted[tower]]
+    if towers and towers != ["vision", "text"]:
+        config["towers"] = towers
+    blocks = sorted(set().union(*adapted.values()))
+    if blocks and blocks != list(range(len(blocks))):  # adapters on chosen blocks only (the code's adapter_idx)
+        config["layers"] = blocks
+    down = next((value for key, value in method.items() if key.endswith("mlp.adapter.down.weight")), None)
+    if down is not None:
+        config["bottleneck_width"] = down.shape[0]
+    tables = {tower: next((value.shape[0] for key, value in method.items()
+                           if key.startswith(f"backbone.{name}.") and key.endswith(".positional_embedding")), None)
+              for tower, name in (("vision", "visual"), ("text", "text"))}
+    if tables["vision"] is not None:
+        config["max_frames"] = (tables["vision"] - 1) // 2  # 2 T + 1 rows: [CC], T CLS tokens, T patch means
+        config["calibration"] = any(rest.startswith("conv_rf_c.") for rest in suffixes["vision"])
+        config["calibration_cc_projection"] = any(rest.startswith("conv_rf_c.g.") for rest in suffixes["vision"])
+    if tables["text"] is not None:
+        config["max_words"] = tables["text"]
+    config["input_norm"] = any(rest.startswith("ln_in.") for rest in set().union(*suffixes.values()))
+    tied = sorted({int(m.group(2)) for key in state if (m := MVA_ADAPTER.match(key)) and m.group(3) == "md_proj.weight"})
+    config["tying_layers"] = tied
+    if tied:
+        projection = tied_width.get("vision", tied_width.get("text"))
+        config["factor_dim"] = projection[1]
+        # d'-wide: Down-Out (the released MSR-VTT / DiDeMo configs) or Up-In; tower-wide: Down-In (the paper) or
+        # Up-Out. The file cannot tell the two apart: the Down one is assumed, --set tying_position gives the other.
+        config["tying_position"] = "down_out" if projection[0] == config.get("bottleneck_width") else "down_in"
+    config["train_backbone_biases"] = any(name.endswith("bias") for name in backbone)
+    for key, tower, block, value in shared_factors:  # the same tensor as clip.prompt.K, K = the block's rank
+        factor = method.get(f"method.tying_factors.{tied.index(block)}") if block in tied else None
+        if factor is None or not torch.equal(factor, value.float()):
+            unmapped.append(key)
+    return backbone, method, config, unmapped
+
+
+MAPPINGS: dict[str, Callable] = {"clip4clip": map_clip4clip, "cross_modal_adapter": map_cross_modal_adapter,
+                                 "mv_adapter": map_mv_adapter}
+# Layouts whose files hold only the weights their code trained: the backbone weights they lack are the base's.
+TRAINED_ONLY_LAYOUTS = ("mv_adapter",)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -207,6 +325,9 @@ def convert_checkpoint(method: str, checkpoint: str | Path, out_folder: str | Pa
     if base is None:
         base = load_backbone(backbone, backbone_checkpoint)
     base_state = base.state_dict()
+    in_file = set(backbone_openai)
+    if method in TRAINED_ONLY_LAYOUTS:  # the base's weights where the file has none (under OpenAI's names)
+        backbone_openai = {key.removeprefix("text."): value for key, value in base_state.items()} | backbone_openai
 
     # Backbone keys: OpenAI -> petvr names, then exactly the base's keys with its shapes.
     converted = to_petvr_state_dict(RawCheckpoint(checkpoint, "official", backbone_openai)) if backbone_openai else None
@@ -230,22 +351,27 @@ def convert_checkpoint(method: str, checkpoint: str | Path, out_folder: str | Pa
         except (TypeError, ValueError) as error:
             raise ConversionError(f"{checkpoint}: cannot build {method} with {config}: {error}") from error
 
-    model = build(copy.deepcopy(base))
-    original_ids = model.original_backbone_ids
-    trained_backbone = {name.removeprefix("backbone.") for name, p in model.named_parameters()
-                        if p.requires_grad and id(p) in original_ids}
-    frozen_changed = sorted(set(changed) - trained_backbone)
+    unwrapped = copy.deepcopy(base)
+    before_wrapping = dict(unwrapped.named_parameters())
+    model = build(unwrapped)
+    # The backbone weights the method trains: petvr name -> the model's name (a wrapper moves a weight under base_layer).
+    model_names = {id(p): name for name, p in model.named_parameters()}
+    trained_backbone = {name: model_names[id(before_wrapping[name])] for name in model.trained_backbone_names}
+    frozen_changed = sorted(set(changed) - set(trained_backbone))
     if frozen_changed:  # the file changed weights this config keeps frozen: the adapter needs its own backbone
         tuned = copy.deepcopy(base)
         tuned.load_state_dict({key: value.float() for key, value in tensors.items()}, strict=True)
         model = build(copy.deepcopy(tuned))  # a method may replace sub-modules; the file keeps the plain backbone
     weights = dict(method_weights)
-    weights.update({f"backbone.{name}": tensors[name] for name in trained_backbone})
+    weights.update({model_name: tensors[name] for name, model_name in trained_backbone.items()})
 
     # The trained weights the model expects, exactly.
     parameters = dict(model.named_parameters())
     expected = {name for name, p in parameters.items() if p.requires_grad}
     problems = [f"missing weight {name} (the {method} model with {config} needs it)" for name in sorted(expected - set(weights))]
+    if method in TRAINED_ONLY_LAYOUTS:  # a trained backbone weight must come from the file, not from the base
+        problems += [f"missing weight {stored[name]} (petvr {name}; the {method} model with {config} trains it)"
+                     for name in sorted(trained_backbone) if stored[name].removeprefix("clip.") not in in_file]
     problems += [f"leftover key for {name} (no such trained weight in the {method} model with {config})"
                  for name in sorted(set(weights) - expected)]
     problems += [f"{name}: shape {tuple(weights[name].shape)}, the model has {tuple(parameters[name].shape)}"

@@ -253,3 +253,182 @@ def test_missing_and_extra_keys_are_listed(base, tmp_path):
     torch.save(official, tmp_path / "broken.bin")
     with pytest.raises(ConversionError, match=r"missing weight method\.head\.transformer\.resblocks\.0\.ln_1\.weight"):
         convert_checkpoint("clip4clip", tmp_path / "broken.bin", tmp_path / "out", base=base)
+
+
+# MV-Adapter: the official code saves only its trainable parameters (adapters in fp16, LayerNorms, positional tables,
+# [CC] and the CMT factors in fp32) and, with its released optimiser groups, every CLIP bias in its own block layout
+# (attention split into q/k/v/out_proj, pre-attention norm ``attn.ln``, pre-MLP norm ``mlp.ln``).
+MVA_D, MVA_FRAMES, MVA_WORDS, MVA_TIED = 64, 4, 8, (2, 3)
+
+
+def official_mv_adapter_state(base):
+    """An official MV-Adapter file for petvr-tiny (both towers 128 wide; the widths enter Down, Up, ``ln_in`` and
+    Down-In's ``md_proj`` only), with random weights, CMT Down-In on blocks 2 and 3, and trained CLIP biases."""
+    torch.manual_seed(0)
+    d, state = MVA_D, {}
+
+    def rand(*shape, half=True, around=0.0):
+        value = around + 0.2 * torch.randn(*shape)
+        return value.half() if half else value
+
+    for k in range(len(MVA_TIED)):
+        state[f"clip.prompt.{k}"] = rand(32, half=False)
+    for tower, prefix, depth in (("visual", "clip.visual.transformer.resblocks", base.config.vision.layers),
+                                 ("text", "clip.transformer.resblocks", base.config.text.layers)):
+        width = 128
+        for block in range(depth):
+            a = f"{prefix}.{block}.mlp.adapter."
+            state |= {a + "down.weight": rand(d, width), a + "down.bias": rand(d), a + "up.weight": rand(width, d),
+                      a + "up.bias": rand(width), a + "ln_pre.weight": rand(d, half=False, around=1.0),
+                      a + "ln_pre.bias": rand(d, half=False),
+                      a + "block.attn.in_proj_weight": rand(3 * d, d), a + "block.attn.in_proj_bias": rand(3 * d),
+                      a + "block.attn.out_proj.weight": rand(d, d), a + "block.attn.out_proj.bias": rand(d),
+                      a + "block.ln_1.weight": rand(d, half=False, around=1.0), a + "block.ln_1.bias": rand(d, half=False),
+                      a + "block.ln_2.weight": rand(d, half=False, around=1.0), a + "block.ln_2.bias": rand(d, half=False),
+                      a + "block.mlp.c_fc.weight": rand(4 * d, d), a + "block.mlp.c_fc.bias": rand(4 * d),
+                      a + "block.mlp.c_proj.weight": rand(d, 4 * d), a + "block.mlp.c_proj.bias": rand(d)}
+            if tower == "visual":
+                state |= {a + "positional_embedding": rand(2 * MVA_FRAMES + 1, d, half=False), a + "cc": rand(d, half=False),
+                          a + "conv_rf_c.g.weight": rand(d, d), a + "conv_rf_c.g.bias": rand(d),
+                          a + "conv_rf_c.a.weight": rand(16, 2 * d), a + "conv_rf_c.a.bias": rand(16),
+                          a + "conv_rf_c.b.weight": rand(d, 16)}
+            else:
+                state[a + "positional_embedding"] = rand(MVA_WORDS, d, half=False)
+            if block in MVA_TIED:
+                state |= {a + "md_proj.weight": rand(width, 32), a + "md_proj.bias": rand(width, around=1.0)}
+            c = f"{prefix}.{block}."
+            for name in ("attn.q_proj.bias", "attn.k_proj.bias", "attn.v_proj.bias", "attn.out_proj.bias",
+                         "mlp.c_proj.bias"):
+                state[c + name] = rand(width)
+            state[c + "mlp.c_fc.bias"] = rand(4 * width)
+            state[c + "attn.ln.bias"] = rand(width, half=False)
+            state[c + "mlp.ln.bias"] = rand(width, half=False)
+    for name in ("clip.visual.ln_pre.bias", "clip.visual.ln_post.bias", "clip.ln_final.bias"):
+        state[name] = rand(128, half=False)
+    return state
+
+
+def official_trm(x, p, additive_mask):
+    """The official adapter's TRM block on (N, L, d) (pre-LN, 2 heads, QuickGELU MLP), from its raw tensors."""
+    p = {key: value.float() for key, value in p.items()}
+    n, length, d = x.shape
+    h = F.layer_norm(x, (d,), p["block.ln_1.weight"], p["block.ln_1.bias"])
+    q, k, v = (t.view(n, length, 2, d // 2).transpose(1, 2)
+               for t in F.linear(h, p["block.attn.in_proj_weight"], p["block.attn.in_proj_bias"]).chunk(3, dim=-1))
+    weights = torch.softmax(q @ k.transpose(-1, -2) / (d // 2) ** 0.5 + additive_mask, dim=-1)
+    attended = (weights @ v).transpose(1, 2).reshape(n, length, d)
+    x = x + F.linear(attended, p["block.attn.out_proj.weight"], p["block.attn.out_proj.bias"])
+    h = F.layer_norm(x, (d,), p["block.ln_2.weight"], p["block.ln_2.bias"])
+    return x + F.linear(quick_gelu(F.linear(h, p["block.mlp.c_fc.weight"], p["block.mlp.c_fc.bias"])),
+                        p["block.mlp.c_proj.weight"], p["block.mlp.c_proj.bias"])
+
+
+def official_video_adapter(f, p, factor, frame_mask):
+    """Tied (Down-In) video adapter of the official code, batch-first: f (B*T, 1+N, W) -> (B*T, 1+N, W)."""
+    p = {key: value.float() for key, value in p.items()}
+    batch, frames = frame_mask.shape
+    beta = F.linear(factor, p["md_proj.weight"], p["md_proj.bias"])
+    h = quick_gelu(F.linear(f, p["down.weight"] * beta[None, :], p["down.bias"]))
+    h = h.view(batch, frames, *h.shape[1:])
+    cls, patches = h[:, :, 0], h[:, :, 1:]
+    sequence = torch.cat([p["cc"].expand(batch, 1, -1), cls, patches.mean(dim=2)], dim=1)
+    sequence = F.layer_norm(sequence + p["positional_embedding"][: 2 * frames + 1], (MVA_D,), p["ln_pre.weight"], p["ln_pre.bias"])
+    valid = torch.cat([torch.ones(batch, 1), frame_mask.float(), frame_mask.float()], dim=1)
+    sequence = quick_gelu(official_trm(sequence, p, ((1 - valid) * -1e6)[:, None, None, :]))
+    cc_out, cls_out, patch_out = sequence[:, 0], sequence[:, 1: frames + 1], sequence[:, frames + 1:]
+    g = F.linear(cc_out, p["conv_rf_c.g.weight"], p["conv_rf_c.g.bias"])[:, None].expand_as(cls_out)
+    calibration_input = torch.cat([cls_out + patch_out, g], dim=-1) * frame_mask[..., None].float()
+    alpha = 1 + F.linear(F.relu(F.linear(calibration_input, p["conv_rf_c.a.weight"], p["conv_rf_c.a.bias"])),
+                         p["conv_rf_c.b.weight"])
+    cls_up = F.linear(alpha * cls_out, p["up.weight"], p["up.bias"])
+    patch_up = F.linear(patches, p["up.weight"], p["up.bias"])
+    return 0.1 * torch.cat([cls_up[:, :, None], patch_up], dim=2)  # (B, T, 1+N, W)
+
+
+def official_text_adapter(f, p, factor):
+    """Tied (Down-In) text adapter of the official code: f (B, max_words, W) -> (B, max_words, W)."""
+    p = {key: value.float() for key, value in p.items()}
+    beta = F.linear(factor, p["md_proj.weight"], p["md_proj.bias"])
+    h = F.linear(f, p["down.weight"] * beta[None, :], p["down.bias"]) + p["positional_embedding"]
+    h = F.layer_norm(h, (MVA_D,), p["ln_pre.weight"], p["ln_pre.bias"])
+    causal = torch.full((f.shape[1], f.shape[1]), float("-inf")).triu(1)
+    return 0.1 * F.linear(quick_gelu(official_trm(h, p, causal)), p["up.weight"], p["up.bias"])
+
+
+def adapter_tensors(state, prefix):
+    return {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
+
+
+def test_mv_adapter_checkpoint_matches_official_adapters(base, tmp_path):
+    from petvr.backbone import TowerContext
+
+    official = official_mv_adapter_state(base)
+    path = tmp_path / "5e_t2v4620_v2t4720.pth"
+    torch.save(official, path)
+    report = convert_checkpoint("mv_adapter", path, tmp_path / "out", base=base, overrides={"scale": 0.1})
+    assert report["backbone_file"] is None
+    model = RetrievalModel.from_adapter(tmp_path / "out", backbone=copy.deepcopy(base)).eval()
+    config = model.method_config_dict()
+    assert (config["max_frames"], config["max_words"], config["bottleneck_width"]) == (MVA_FRAMES, MVA_WORDS, MVA_D)
+    assert (tuple(config["tying_layers"]), config["tying_position"], config["factor_dim"]) == (MVA_TIED, "down_in", 32)
+    assert config["train_backbone_biases"] and config["calibration"] and config["calibration_cc_projection"]
+    assert not config["input_norm"] and config["layers"] is None
+    assert all(value.dtype == torch.float32 for value in model.trainable_state_dict().values())
+
+    # The CLIP biases: q/k/v fused into in_proj_bias, attn.ln / mlp.ln -> ln_1 / ln_2.
+    block = model.backbone.text.transformer.resblocks[1]
+    c = "clip.transformer.resblocks.1."
+    torch.testing.assert_close(block.attn.in_proj_bias, torch.cat([official[c + f"attn.{x}_proj.bias"] for x in "qkv"]).float())
+    torch.testing.assert_close(block.ln_1.bias, official[c + "attn.ln.bias"])
+    torch.testing.assert_close(block.ln_2.bias, official[c + "mlp.ln.bias"])
+    torch.testing.assert_close(model.backbone.visual.ln_post.bias, official["clip.visual.ln_post.bias"])
+
+    torch.manual_seed(2)
+    frame_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    f = torch.randn(2 * MVA_FRAMES, 5, 128)
+    factor = official["clip.prompt.0"]
+    expected = official_video_adapter(f, adapter_tensors(official, "clip.visual.transformer.resblocks.2.mlp.adapter."),
+                                      factor, frame_mask)
+    adapter = model.backbone.visual.transformer.resblocks[2].mlp.adapter
+    with torch.no_grad():
+        got = adapter(f, TowerContext("video", 2, MVA_FRAMES, frame_mask=frame_mask)).view(2, MVA_FRAMES, 5, 128)
+    torch.testing.assert_close(got[frame_mask], expected[frame_mask], rtol=1e-4, atol=1e-5)  # padded frames: unused
+
+    text = torch.randn(3, MVA_WORDS, 128)
+    expected = official_text_adapter(text, adapter_tensors(official, "clip.transformer.resblocks.3.mlp.adapter."),
+                                     official["clip.prompt.1"])
+    with torch.no_grad():
+        got = model.backbone.text.transformer.resblocks[3].mlp.adapter(text, TowerContext("text", 3))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+    # --set wins over what the file shows (the file cannot tell Down-In from Up-Out).
+    report = convert_checkpoint("mv_adapter", path, tmp_path / "out2", base=base, overrides={"tying_position": "up_out"})
+    assert report["method_config"]["tying_position"] == "up_out"
+
+
+def test_mv_adapter_unmapped_missing_and_extra_keys_are_listed(base, tmp_path):
+    official = official_mv_adapter_state(base)
+    a = "clip.visual.transformer.resblocks.0.mlp.adapter."
+    del official["clip.transformer.resblocks.2.attn.q_proj.bias"]  # k and v cannot be fused without it
+    official[a + "conv_rf_p.a.weight"] = torch.zeros(16, 128)  # the code's patch calibration: no petvr equivalent
+    official["clip.visual.extra_table"] = torch.zeros(3)
+    official["logit_bias"] = torch.zeros(1)
+    torch.save(official, tmp_path / "broken.pth")
+    with pytest.raises(ConversionError) as caught:
+        convert_checkpoint("mv_adapter", tmp_path / "broken.pth", tmp_path / "out", base=base)
+    message = str(caught.value)
+    for key in ("clip.transformer.resblocks.2.attn.k_proj.bias", "clip.transformer.resblocks.2.attn.v_proj.bias",
+                a + "conv_rf_p.a.weight", "clip.visual.extra_table", "logit_bias"):
+        assert key in message
+    assert not (tmp_path / "out").exists()
+
+    official = official_mv_adapter_state(base)
+    del official[a + "ln_pre.bias"], official["clip.visual.ln_post.bias"]
+    official["clip.prompt.2"] = torch.zeros(32)  # a third factor for two tied layers
+    torch.save(official, tmp_path / "broken.pth")
+    with pytest.raises(ConversionError) as caught:
+        convert_checkpoint("mv_adapter", tmp_path / "broken.pth", tmp_path / "out", base=base)
+    message = str(caught.value)
+    for text in ("missing weight backbone.visual.transformer.resblocks.0.mlp.adapter.ln_pre.bias",
+                 "missing weight clip.visual.ln_post.bias", "leftover key for method.tying_factors.2"):
+        assert text in message
