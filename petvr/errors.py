@@ -58,6 +58,11 @@ class SkipReport:
         return "\n".join(lines)
 
 
+class DataWarning(UserWarning):
+    """Data that loads but deserves a look (repeated captions, frames the decoder had to conceal): the message names
+    the file and where, like a ``DataError``."""
+
+
 class RecipeError(ValueError):
     """A recipe that cannot run: ``"runs/my.toml: [train] lr: must be a number, found str 'fast'"`` (the file, the
     table, the key, and what is allowed)."""

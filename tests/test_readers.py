@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from petvr.errors import DataError
+from petvr.errors import DataError, DataWarning
 from petvr.data.readers import (read_activitynet, read_dataset, read_didemo, read_lsmdc, read_msrvtt, read_msvd,
                                 read_vatex, read_youcook2)
 from petvr.data.readers.didemo import consensus_segments
@@ -174,7 +174,8 @@ def test_msvd_multi_caption_queries_grouped_per_video(msvd):
     assert split.multi_caption
     assert [index for _, index in split.queries()] == [0, 0, 0, 1, 1]
     assert len(read_msvd(*msvd, split="train")) == 1
-    assert len(read_msvd(*msvd, split="val")) == 0
+    with pytest.raises(DataError, match=r"val_list\.txt, .*raw-captions\.pkl: msvd split 'val' has no videos$"):
+        read_msvd(*msvd, split="val")
 
 
 def test_msvd_refuses_a_pickle_that_names_a_global(msvd, tmp_path):
@@ -392,7 +393,9 @@ def test_vatex_ten_captions_per_video(vatex):
     assert [len(v.captions) for v in split.videos] == [10, 10]
     assert split.videos[1].captions[3] == "a band plays 3"
     assert len(split.queries()) == 20 and split.queries()[10] == ("a band plays 0", 1)
-    assert read_vatex(*vatex, split="train").videos[0].captions[0] == "a kid runs"
+    with pytest.warns(DataWarning, match=r"vatex_training_v1\.0\.json: 9 repeated \(video, caption\) pair\(s\) in "
+                                         r"vatex split 'train', kept .*'a kid runs' at caption 0, caption 1"):
+        assert read_vatex(*vatex, split="train").videos[0].captions == ["a kid runs"] * 10
 
 
 def test_vatex_reads_hgr_dictionary_captions(vatex):
@@ -455,6 +458,8 @@ def test_youcook2_missing_segment_and_missing_video(youcook2):
         read_youcook2(annotations, videos, split="train")
     with pytest.raises(DataError, match=r"youcookii_annotations_trainval\.json: row xHr8X2Wpmno: no video file"):
         read_youcook2(annotations, videos, split="val")
-    assert len(read_youcook2(annotations, videos, split="val", skip_unreadable=True)) == 0
+    with pytest.raises(DataError, match=r"youcook2 split 'val' has no videos \(1 unreadable item\(s\) skipped; the "
+                                        r"first: .*row xHr8X2Wpmno: no video file"):
+        read_youcook2(annotations, videos, split="val", skip_unreadable=True)
     assert read_youcook2(annotations, videos, split="train", skip_unreadable=True).videos[0].captions == \
         ["spread margarine on bread"]

@@ -23,7 +23,9 @@ time rather than CLIP4Clip's ``int(fps) // rate`` stride).
 
 Decoding (``decode_frames``, ``decode_grid``) seeks only where seeking skips work: when the keyframe before the next
 wanted frame lies beyond the frame last decoded. Short clips and dense grids decode sequentially. Every problem with the
-file raises ``DataError`` naming it; a clip never silently turns into zeros.
+file raises ``DataError`` naming it; a clip never silently turns into zeros. A frame the decoder had to repair
+(FFmpeg's error concealment, which still yields a picture) is kept, with a ``DataWarning`` naming the file and the time
+of the first such frame; a packet the decoder refuses raises ``DataError`` naming the time where decoding stopped.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import bisect
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -41,7 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from petvr.errors import DataError
+from petvr.errors import DataError, DataWarning
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -354,17 +357,21 @@ def _keyframes(stream: av.video.stream.VideoStream, start_pts: int) -> tuple[lis
 
 
 def _decode_times(container: av.container.InputContainer, stream: av.video.stream.VideoStream, info: VideoInfo,
-                  target_times: list[float], image_size: int) -> list[tuple[float, np.ndarray] | None]:
-    """For each target time (sorted seconds), the first frame at or after it (within half a frame), preprocessed.
+                  target_times: list[float], image_size: int) -> tuple[list[tuple[float, np.ndarray] | None],
+                                                                       float | None]:
+    """For each target time (sorted seconds), the first frame at or after it (within half a frame), preprocessed; and
+    the time of the first decoded frame the decoder flagged as damaged (concealed errors), or ``None``.
 
     Decodes forward and seeks only when the keyframe before the next target lies beyond the last decoded frame
-    (seeking then skips whole groups of pictures). Targets past the last decodable frame come back as ``None``.
+    (seeking then skips whole groups of pictures). Targets past the last decodable frame come back as ``None``. A
+    decoder error raises ``DataError`` naming the file and the time of the last frame decoded before it.
     """
     start_pts = stream.start_time or 0
     frame_period = 1.0 / float(info.fps)
     half_frame = frame_period / 2
     keyframe_times, keyframe_timestamps = _keyframes(stream, start_pts)
     results: list[tuple[float, np.ndarray] | None] = [None] * len(target_times)
+    first_damaged: float | None = None
 
     def seek_timestamp(position: float, target: float) -> int | None:
         """Where to seek for ``target``, or None when decoding on from ``position`` is no more work."""
@@ -381,46 +388,53 @@ def _decode_times(container: av.container.InputContainer, stream: av.video.strea
     frames = container.decode(stream)
     next_target = 0
     seeking_allowed = True
-    while next_target < len(target_times):
-        target = target_times[next_target]
-        timestamp = seek_timestamp(position, target) if seeking_allowed else None
-        just_sought = timestamp is not None
-        if just_sought:
-            container.seek(timestamp, stream=stream, backward=True)
-            frames = container.decode(stream)
-        stream_ended = True
-        for frame in frames:
-            time = _frame_time(frame, stream, start_pts)
-            time = position + frame_period if time is None else time
-            if just_sought and time > target + half_frame:
-                # The seek landed past the target (an index that does not match the stream): decode from the start.
-                container.seek(start_pts, stream=stream, backward=True)
+    try:
+        while next_target < len(target_times):
+            target = target_times[next_target]
+            timestamp = seek_timestamp(position, target) if seeking_allowed else None
+            just_sought = timestamp is not None
+            if just_sought:
+                container.seek(timestamp, stream=stream, backward=True)
                 frames = container.decode(stream)
-                seeking_allowed, stream_ended = False, False
+            stream_ended = True
+            for frame in frames:
+                time = _frame_time(frame, stream, start_pts)
+                time = position + frame_period if time is None else time
+                if just_sought and time > target + half_frame:
+                    # The seek landed past the target (an index that does not match the stream): decode from the start.
+                    container.seek(start_pts, stream=stream, backward=True)
+                    frames = container.decode(stream)
+                    seeking_allowed, stream_ended = False, False
+                    break
+                just_sought = False
+                position = time
+                if frame.is_corrupt and first_damaged is None:
+                    first_damaged = time
+                if time < target - half_frame:
+                    continue
+                image = resize_center_crop(frame.to_image(), image_size)
+                while next_target < len(target_times) and time >= target_times[next_target] - half_frame:
+                    results[next_target] = (time, image)
+                    next_target += 1
+                stream_ended = False
                 break
-            just_sought = False
-            position = time
-            if time < target - half_frame:
-                continue
-            image = resize_center_crop(frame.to_image(), image_size)
-            while next_target < len(target_times) and time >= target_times[next_target] - half_frame:
-                results[next_target] = (time, image)
-                next_target += 1
-            stream_ended = False
-            break
-        if stream_ended:
-            break
-    return results
+            if stream_ended:
+                break
+    except av.error.FFmpegError as error:
+        raise DataError(info.path, f"decoding failed after {position:.2f} s (corrupt or truncated file): "
+                                   f"{error}") from None
+    return results, first_damaged
 
 
 def _decode_indices(path: str | Path, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
                     info: VideoInfo, indices: np.ndarray, image_size: int) -> DecodedClip:
     """Decode the frames at native ``indices`` (any order, no repeats needed) into a ``DecodedClip`` in that order."""
     wanted = np.unique(indices)
-    try:
-        decoded = _decode_times(container, stream, info, [float(index / info.fps) for index in wanted], image_size)
-    except av.error.FFmpegError as error:
-        raise DataError(path, f"decoding failed (corrupt or truncated file): {error}") from None
+    decoded, first_damaged = _decode_times(container, stream, info, [float(index / info.fps) for index in wanted],
+                                           image_size)
+    if first_damaged is not None:
+        warnings.warn(DataWarning(f"{path}: the decoder reported errors in this video, first in the frame at "
+                                  f"{first_damaged:.3f} s; it concealed them and its frames are used"), stacklevel=4)
     found = [result is not None for result in decoded]
     if not any(found):
         raise DataError(path, f"no decodable frames (the header promises {info.frame_count} frames at "

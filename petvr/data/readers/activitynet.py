@@ -17,7 +17,8 @@ from typing import Any
 
 from petvr.errors import DataError
 from petvr.data.readers.common import (
-    Problems, VideoIndex, caption_text, expect_type, get_key, load_json, read_entries, seconds, time_span)
+    Problems, SplitBuilder, VideoIndex, caption_text, expect_type, get_key, load_json, read_entries, seconds,
+    time_span)
 from petvr.data.records import RetrievalSplit, VideoRecord
 
 SPLIT_FILES = {"train": ("train.json", "train_ids.json"), "val": ("val_1.json", "val_ids.json")}
@@ -43,7 +44,7 @@ def read_activitynet(annotation_dir: str | Path, video_dir: str | Path, split: s
     videos = VideoIndex(video_dir)
     problems = Problems(skip_unreadable)
 
-    records = []
+    builder = SplitBuilder("activitynet", split, [ids_path, captions_path], problems)
     for number, video_id in enumerate(ids):
         with problems.item():
             row = f"[{number}]"
@@ -52,8 +53,9 @@ def read_activitynet(annotation_dir: str | Path, video_dir: str | Path, split: s
             if key is None:
                 raise DataError(ids_path, f"video {video_id!r} has no entry in {captions_path.name}", row)
             path = videos.lookup(id_variants(key), ids_path, row)
-            records.append(_record(key, path, annotations[key], split, mode, captions_path, problems))
-    return RetrievalSplit("activitynet", split, records, problems.report)
+            builder.add(_record(key, path, annotations[key], split, mode, captions_path, problems), ids_path, row,
+                        caption_path=captions_path)
+    return builder.finish()
 
 
 def _record(video_id: str, path: Path, entry: object, split: str, mode: str, captions_path: Path,

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from petvr.errors import DataError
-from petvr.data.readers.common import (CsvTable, Problems, VideoIndex, caption_text, expect_type, read_text,
-                                       require_file, time_span)
+from petvr.data.readers.common import (CsvTable, Problems, SplitBuilder, VideoIndex, caption_text, expect_type,
+                                       read_text, require_file, time_span)
 from petvr.data.records import VIDEO_EXTENSIONS, RetrievalSplit, VideoRecord
 
 
@@ -23,15 +23,15 @@ def read_custom(annotations: str | Path, video_dir: str | Path, split: str = "al
                 skip_unreadable: bool = False) -> RetrievalSplit:
     """Read a ``.csv`` or ``.jsonl`` caption file over the videos in ``video_dir``."""
     annotations = require_file(annotations)
-    videos = VideoIndex(video_dir)
+    videos = VideoIndex(video_dir, unique=True)
     problems = Problems(skip_unreadable)
-    records: dict[Path, VideoRecord] = {}
+    records: dict[Path, tuple[VideoRecord, int, list[int]]] = {}
     parse, rows = _rows(annotations)
     for line, raw in rows:
         with problems.item():
             video, caption, span = parse(line, raw)
             path = _resolve(video, videos, annotations, line)
-            record = records.get(path)
+            record, first_line, lines = records.get(path) or (None, line, [])
             if record is None:
                 video_id = path.relative_to(videos.root).as_posix()
                 record = VideoRecord(video_id, path, split, [], caption_times=None if span is None else [])
@@ -41,19 +41,29 @@ def read_custom(annotations: str | Path, video_dir: str | Path, split: str = "al
             record.captions.append(caption)
             if span is not None:
                 record.caption_times.append(span)
-            records[path] = record
-    return RetrievalSplit("custom", split, list(records.values()), problems.report)
+            lines.append(line)
+            records[path] = record, first_line, lines
+    builder = SplitBuilder("custom", split, [annotations], problems)
+    for record, first_line, lines in records.values():
+        with problems.item():
+            builder.add(record, annotations, first_line, caption_rows=lines)
+    return builder.finish()
 
 
 def read_video_folder(video_dir: str | Path, split: str = "all",
                       extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> RetrievalSplit:
-    """Every video file under ``video_dir`` (recursively, sorted), without captions: a collection to index."""
+    """Every video file under ``video_dir`` (recursively, sorted), without captions: a collection to index.
+
+    Two files of one stem in one folder (``a.mp4`` and ``a.avi``) are refused with a ``DataError`` naming both: most
+    likely one video twice, which would be its own negative and its own duplicate hit."""
     index = VideoIndex(video_dir, extensions)
     files = index.files()
     if not files:
         raise DataError(index.root, f"no video files found (looked for {', '.join(index.extensions)})")
-    records = [VideoRecord(path.relative_to(index.root).as_posix(), path, split, []) for path in files]
-    return RetrievalSplit("folder", split, records)
+    builder = SplitBuilder("folder", split, [index.root], Problems(skip_unreadable=False))
+    for path in files:
+        builder.add(VideoRecord(path.relative_to(index.root).as_posix(), path, split, []), path, None)
+    return builder.finish()
 
 
 Row = tuple[str, str, tuple[float, float] | None]

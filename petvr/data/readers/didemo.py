@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from petvr.errors import DataError
-from petvr.data.readers.common import (Problems, VideoIndex, caption_text, expect_type, get_key, load_json,
-                                       read_id_list)
+from petvr.data.readers.common import (Problems, SplitBuilder, VideoIndex, caption_text, expect_type, get_key,
+                                       load_json, read_id_list)
 from petvr.data.records import RetrievalSplit, VideoRecord
 
 SPLITS = ("train", "val", "test")
@@ -63,6 +63,7 @@ def read_didemo(annotation_dir: str | Path, video_dir: str | Path, split: str = 
     wanted = {name for _, name in listed}
     captions: dict[str, list[str]] = {}
     spans: dict[str, list[tuple[float, float]]] = {}
+    caption_rows: dict[str, list[str]] = {}
     for number, moment in enumerate(moments):
         row = f"[{number}]"
         with problems.item():
@@ -74,19 +75,22 @@ def read_didemo(annotation_dir: str | Path, video_dir: str | Path, split: str = 
                 span = _moment_span(get_key(moment, "times", data_path, row), data_path, row)
                 spans.setdefault(video, []).append(span)
             captions.setdefault(video, []).append(caption)
+            caption_rows.setdefault(video, []).append(row)
 
-    records = []
+    builder = SplitBuilder("didemo", split, [list_path, data_path], problems)
     for line, video in listed:
         with problems.item():
             if video not in captions:
                 raise DataError(list_path, f"video {video!r} has no readable moments in {data_path.name}", line)
             path = videos.lookup((video, os.path.splitext(video)[0]), list_path, line)
             if mode == "paragraph":
-                records.append(VideoRecord(video, path, split, [" ".join(captions[video])], start=0.0,
-                                           end=SEGMENT_SECONDS * NUM_SEGMENTS))
+                record = VideoRecord(video, path, split, [" ".join(captions[video])], start=0.0,
+                                     end=SEGMENT_SECONDS * NUM_SEGMENTS)
+                builder.add(record, list_path, line, caption_path=data_path)
             else:
-                records.append(VideoRecord(video, path, split, captions[video], caption_times=spans[video]))
-    return RetrievalSplit("didemo", split, records, problems.report)
+                record = VideoRecord(video, path, split, captions[video], caption_times=spans[video])
+                builder.add(record, list_path, line, caption_rows=caption_rows[video], caption_path=data_path)
+    return builder.finish()
 
 
 def _moment_span(times: Any, path: Path, row: str) -> tuple[float, float]:

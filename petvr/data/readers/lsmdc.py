@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from petvr.data.readers.common import CaptionGroups, CsvTable, Problems, VideoIndex, caption_text
+from petvr.data.readers.common import CaptionGroups, CsvTable, Problems, SplitBuilder, VideoIndex, caption_text
 from petvr.data.records import RetrievalSplit
 
 SPLIT_FILES = {
@@ -38,5 +38,7 @@ def read_lsmdc(annotation_dir: str | Path, video_dir: str | Path, split: str = "
             row = table.row(line, fields)
             clip_id = row["clip_id"].strip()
             caption = caption_text(row["sentence"], path, line)
-            groups.add(clip_id, videos.lookup((clip_id,), path, line), caption)
-    return RetrievalSplit("lsmdc", split, groups.records(), problems.report)
+            groups.add(clip_id, videos.lookup((clip_id,), path, line), caption, line)
+    builder = SplitBuilder("lsmdc", split, [path], problems)
+    groups.add_to(builder, path)
+    return builder.finish()

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from petvr.errors import DataError
-from petvr.data.readers.common import (CaptionGroups, CsvTable, Problems, VideoIndex, caption_text, expect_type,
-                                       get_key, load_json)
+from petvr.data.readers.common import (CaptionGroups, CsvTable, Problems, SplitBuilder, VideoIndex, caption_text,
+                                       expect_type, get_key, load_json)
 from petvr.data.records import RetrievalSplit, VideoRecord
 
 DATA_JSON = "MSRVTT_data.json"
@@ -31,15 +31,19 @@ def read_msrvtt(annotation_dir: str | Path, video_dir: str | Path, split: str = 
     if split == "train":
         if train_size not in TRAIN_CSV:
             raise ValueError(f"train_size must be one of {sorted(TRAIN_CSV)}, got {train_size!r}")
-        records = _read_train(annotation_dir / TRAIN_CSV[train_size], annotation_dir / DATA_JSON, videos, problems)
+        sources = [annotation_dir / TRAIN_CSV[train_size], annotation_dir / DATA_JSON]
+        builder = SplitBuilder("msrvtt", split, sources, problems)
+        _read_train(*sources, videos, builder)
     elif split == "test":
-        records = _read_test(annotation_dir / TEST_CSV, videos, problems)
+        builder = SplitBuilder("msrvtt", split, [annotation_dir / TEST_CSV], problems)
+        _read_test(annotation_dir / TEST_CSV, videos, builder)
     else:
         raise ValueError(f"MSR-VTT split must be 'train' or 'test', got {split!r}")
-    return RetrievalSplit("msrvtt", split, records, problems.report)
+    return builder.finish()
 
 
-def _read_train(train_csv: Path, data_json: Path, videos: VideoIndex, problems: Problems) -> list[VideoRecord]:
+def _read_train(train_csv: Path, data_json: Path, videos: VideoIndex, builder: SplitBuilder) -> None:
+    problems = builder.problems
     table = CsvTable(train_csv, required=("video_id",))
     listed: list[tuple[int, str]] = []
     for line, fields in table.rows:
@@ -48,6 +52,7 @@ def _read_train(train_csv: Path, data_json: Path, videos: VideoIndex, problems: 
     wanted = {video_id for _, video_id in listed}
 
     captions: dict[str, list[str]] = {}
+    caption_rows: dict[str, list[str]] = {}
     sentences = expect_type(get_key(load_json(data_json), "sentences", data_json), list, data_json, '"sentences"')
     for number, sentence in enumerate(sentences):
         row = f"sentences[{number}]"
@@ -56,18 +61,19 @@ def _read_train(train_csv: Path, data_json: Path, videos: VideoIndex, problems: 
             if video_id in wanted:
                 captions.setdefault(video_id, []).append(
                     caption_text(get_key(sentence, "caption", data_json, row), data_json, row))
+                caption_rows.setdefault(video_id, []).append(row)
 
-    records = []
     for line, video_id in listed:
         with problems.item():
             if video_id not in captions:
                 raise DataError(train_csv, f"video {video_id!r} has no readable sentences in {data_json.name}", line)
             path = videos.lookup((video_id,), train_csv, line)
-            records.append(VideoRecord(video_id, path, "train", captions[video_id]))
-    return records
+            builder.add(VideoRecord(video_id, path, "train", captions[video_id]), train_csv, line,
+                        caption_rows=caption_rows[video_id], caption_path=data_json)
 
 
-def _read_test(test_csv: Path, videos: VideoIndex, problems: Problems) -> list[VideoRecord]:
+def _read_test(test_csv: Path, videos: VideoIndex, builder: SplitBuilder) -> None:
+    problems = builder.problems
     table = CsvTable(test_csv, required=("video_id", "sentence"))
     groups = CaptionGroups("test")
     for line, fields in table.rows:
@@ -75,5 +81,5 @@ def _read_test(test_csv: Path, videos: VideoIndex, problems: Problems) -> list[V
             row = table.row(line, fields)
             video_id = row["video_id"].strip()
             caption = caption_text(row["sentence"], test_csv, line)
-            groups.add(video_id, videos.lookup((video_id,), test_csv, line), caption)
-    return groups.records()
+            groups.add(video_id, videos.lookup((video_id,), test_csv, line), caption, line)
+    groups.add_to(builder, test_csv)

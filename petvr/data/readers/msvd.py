@@ -18,7 +18,7 @@ from typing import Any
 
 from petvr.errors import DataError
 from petvr.data.readers.common import (
-    Problems, VideoIndex, caption_text, expect_type, read_entries, read_id_list, require_file)
+    Problems, SplitBuilder, VideoIndex, caption_text, expect_type, read_entries, read_id_list, require_file)
 from petvr.data.records import RetrievalSplit, VideoRecord
 
 CAPTIONS_PICKLE = "raw-captions.pkl"
@@ -65,7 +65,7 @@ def read_msvd(annotation_dir: str | Path, video_dir: str | Path, split: str = "t
     listed = read_id_list(list_path)
     all_captions = expect_type(load_plain_pickle(pickle_path), dict, pickle_path, "the top level")
 
-    records = []
+    builder = SplitBuilder("msvd", split, [list_path, pickle_path], problems)
     for line, video_id in listed:
         with problems.item():
             if video_id not in all_captions:
@@ -74,8 +74,8 @@ def read_msvd(annotation_dir: str | Path, video_dir: str | Path, split: str = "t
             entries = expect_type(all_captions[video_id], (list, tuple), pickle_path, "captions", video_id)
             captions = read_entries(entries, lambda number, entry: _caption(entry, pickle_path, f"{video_id}[{number}]"),
                                     problems, pickle_path, video_id, "captions")
-            records.append(VideoRecord(video_id, path, split, captions))
-    return RetrievalSplit("msvd", split, records, problems.report)
+            builder.add(VideoRecord(video_id, path, split, captions), list_path, line, caption_path=pickle_path)
+    return builder.finish()
 
 
 def _caption(entry: Any, path: Path, row: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from petvr.errors import DataError
 from petvr.data.readers.common import (
-    Problems, VideoIndex, caption_text, expect_type, get_key, load_json, read_entries, read_id_list)
+    Problems, SplitBuilder, VideoIndex, caption_text, expect_type, get_key, load_json, read_entries, read_id_list)
 from petvr.data.records import RetrievalSplit, VideoRecord
 
 DEFAULT_CAPTION_FILES = {
@@ -44,7 +44,7 @@ def read_vatex(annotation_dir: str | Path, video_dir: str | Path, split: str = "
     for name in caption_files:
         _collect_captions(annotation_dir / name, raw_captions, problems)
 
-    records = []
+    builder = SplitBuilder("vatex", split, [list_path, *(annotation_dir / name for name in caption_files)], problems)
     for line, video_id in listed:
         with problems.item():
             if video_id not in raw_captions:
@@ -55,8 +55,8 @@ def read_vatex(annotation_dir: str | Path, video_dir: str | Path, split: str = "
             entries = expect_type(get_key(entry, "enCap", source, row), list, source, '"enCap"', row)
             captions = read_entries(entries, lambda number, text: caption_text(text, source, f"{row} caption {number}"),
                                     problems, source, row, "English captions")
-            records.append(VideoRecord(video_id, path, split, captions))
-    return RetrievalSplit("vatex", split, records, problems.report)
+            builder.add(VideoRecord(video_id, path, split, captions), list_path, line, caption_path=source)
+    return builder.finish()
 
 
 def _collect_captions(path: Path, into: dict[str, tuple[Path, str, Any]], problems: Problems) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from petvr.data.readers.common import (
-    Problems, VideoIndex, caption_text, expect_type, get_key, load_json, read_entries, seconds, time_span)
+    Problems, SplitBuilder, VideoIndex, caption_text, expect_type, get_key, load_json, read_entries, seconds,
+    time_span)
 from petvr.data.records import RetrievalSplit, VideoRecord
 
 ANNOTATION_FILE = "youcookii_annotations_trainval.json"
@@ -37,7 +38,7 @@ def read_youcook2(annotation_dir: str | Path, video_dir: str | Path, split: str 
     videos = VideoIndex(video_dir)
     problems = Problems(skip_unreadable)
 
-    records = []
+    builder = SplitBuilder("youcook2", split, [path], problems)
     for video_id, entry in database.items():
         with problems.item():
             if get_key(entry, "subset", path, video_id) != SUBSETS[split]:
@@ -52,8 +53,9 @@ def read_youcook2(annotation_dir: str | Path, video_dir: str | Path, split: str 
             captions, spans = map(list, zip(*read_entries(steps, read_step, problems, path, video_id, "annotations")))
             file = videos.lookup((video_id,), path, video_id)
             if mode == "paragraph":
-                records.append(VideoRecord(video_id, file, split, [" ".join(captions)], start=0.0, end=duration,
-                                           duration=duration))
+                record = VideoRecord(video_id, file, split, [" ".join(captions)], start=0.0, end=duration,
+                                     duration=duration)
             else:
-                records.append(VideoRecord(video_id, file, split, captions, caption_times=spans, duration=duration))
-    return RetrievalSplit("youcook2", split, records, problems.report)
+                record = VideoRecord(video_id, file, split, captions, caption_times=spans, duration=duration)
+            builder.add(record, path, video_id)
+    return builder.finish()
