@@ -76,7 +76,11 @@ def resolve_adapter_folder(folder: Path) -> Path:
     aside = folder.with_name(f".{folder.name}.old")  # a replacement was cut between its two renames
     if not folder.exists() and (aside / ADAPTER_CONFIG).is_file():
         return aside
-    raise FileNotFoundError(f"{folder}: no {ADAPTER_CONFIG} here; an adapter folder holds {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG}")
+    inside = [name for name in ("adapter", "best") if (folder / name / ADAPTER_CONFIG).is_file()]
+    hint = (f"; this looks like a run folder: its adapters are {' and '.join(str(folder / n) for n in inside)}"
+            if inside else "")
+    raise FileNotFoundError(f"{folder}: no {ADAPTER_CONFIG} here; an adapter folder holds {ADAPTER_WEIGHTS} and "
+                            f"{ADAPTER_CONFIG}{hint}")
 
 
 def find_adapter_backbone(description: dict, folder: str | Path = "adapter"):

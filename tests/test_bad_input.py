@@ -386,7 +386,7 @@ RUN_ROWS = [
         _newest_checkpoint(run) / "training_state.safetensors")), "training_state.safetensors", "error"),
     ("garbage adapter.safetensors", damaged_run(lambda run: (run / "adapter" / "adapter.safetensors").write_bytes(
         b"\x00garbage" * 64), "adapter"), "adapter.safetensors", "error"),
-    ("eval on a run folder", damaged_run(lambda run: None, ""), "adapter.json", "error"),
+    ("eval on a run folder", damaged_run(lambda run: None, ""), "looks like a run folder: its adapters are", "error"),
 ]
 
 
