@@ -127,13 +127,13 @@ def _cmd_preview(args: argparse.Namespace) -> None:
 
 
 def _cmd_methods(args: argparse.Namespace) -> None:
-    from dataclasses import fields
+    from .methods import list_methods, method_options, method_summary
 
-    from .methods import list_methods, method_config_class
-
-    for name in list_methods():
-        options = ", ".join(f"{f.name}={f.default!r}" for f in fields(method_config_class(name)))
-        print(f"{name}: {options}")
+    for name in [args.name] if args.name else list_methods():
+        print(f"{name}: {method_summary(name)}")
+        for option in method_options(name):
+            allowed = f"; allowed: {option.allowed}" if option.allowed else ""
+            print(f"  {option.name} ({option.type}, default {option.default!r}): {option.help}{allowed}")
 
 
 def _cmd_recipes(args: argparse.Namespace) -> None:
@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.set_defaults(run=_cmd_preview)
 
     methods = commands.add_parser("methods", help="list the methods and their options")
+    methods.add_argument("name", nargs="?", help="show this method only")
     methods.set_defaults(run=_cmd_methods)
 
     recipes = commands.add_parser("recipes", help="list the recipes shipped with petvr (petvr train NAME runs one)")

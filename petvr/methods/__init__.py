@@ -11,14 +11,14 @@ import importlib
 import pkgutil
 
 from .base import (Method, MethodConfig, WrappingConfig, create_method, list_methods, make_method_config,
-                   method_config_class, register_method)
+                   method_config_class, method_options, method_summary, option, register_method)
 from .heads import build_head, list_heads, register_head
 from .model import RetrievalModel
 from .wrapping import Borrowed, Wrapper, WrapSite, wrap_modules
 
 __all__ = ["Borrowed", "Method", "MethodConfig", "RetrievalModel", "WrapSite", "Wrapper", "WrappingConfig", "build_head",
            "create_method", "list_heads", "list_methods", "make_method_config", "method_config_class",
-           "register_head", "register_method", "wrap_modules"]
+           "method_options", "method_summary", "option", "register_head", "register_method", "wrap_modules"]
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")  # each method file registers its method (and heads)

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from ..backbone import CLIP, TowerContext
 from ..backbone.blocks import QuickGELU
-from .base import Method, WrappingConfig, register_method
+from .base import Method, WrappingConfig, option, register_method
 from .heads import build_head
 from .wrapping import Wrapper, wrap_modules
 
@@ -62,14 +62,17 @@ VARIANTS = {
 
 @dataclass
 class AdapterConfig(WrappingConfig):
-    """``variant``: "houlsby", "adaptformer_parallel" or "adaptformer_sequential"; ``bottleneck``: the adapter's
-    hidden width; ``scale`` / ``activation`` ("relu", "gelu", "quick_gelu"): None takes the variant's own."""
+    """``scale`` and ``activation`` left None take the variant's own."""
 
-    variant: str = "houlsby"
-    bottleneck: int = 64
-    scale: float | None = None
-    activation: str | None = None
-    dropout: float = 0.0
+    variant: str = option(
+        "houlsby", "where the adapters go: houlsby after the attention and after the MLP (y + A(y)); "
+        "adaptformer_parallel beside the MLP (f(x) + A(x)); adaptformer_sequential after the MLP", tuple(VARIANTS))
+    bottleneck: int = option(64, "the adapter's hidden width", ">= 1")
+    scale: float | None = option(None, "s, the factor on the adapter's output; None: the variant's own (houlsby 1.0, "
+                                       "adaptformer 0.1)", "a number or None")
+    activation: str | None = option(None, "the adapter's activation; None: the variant's own (houlsby gelu, "
+                                          "adaptformer relu)", (*ACTIVATIONS, None))
+    dropout: float = option(0.0, "dropout after the activation", "[0, 1)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

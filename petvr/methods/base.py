@@ -6,8 +6,9 @@ it encodes text and video (by default, the plain backbone) and scores them with 
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -16,6 +17,8 @@ from torch import Tensor, nn
 from ..backbone import CLIP
 from ..backbone.blocks import cast_matrix_weights
 from ..typed_config import dataclass_from_dict
+from .heads import list_heads
+from .wrapping import TOWERS
 
 _REGISTRY: dict[str, tuple[type["Method"], type]] = {}
 
@@ -62,20 +65,65 @@ def _check_known(name: str) -> None:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(list_methods())}")
 
 
+def option(default: Any, help: str, allowed: Any = None) -> Any:
+    """A config field with its meaning ``help`` and, where constrained, its ``allowed`` values: a tuple of the choices,
+    a function listing them (``list_heads``), or a phrase (``"[0, 1)"``). ``petvr methods`` prints both. Every field
+    of a method config is declared this way (``tests/test_methods_cli.py`` checks it)."""
+    return field(default=default, metadata={"help": help, "allowed": allowed})
+
+
+@dataclass(frozen=True)
+class OptionDescription:
+    """One config field as ``petvr methods`` shows it; ``allowed`` is "" where any value of the type is accepted."""
+
+    name: str
+    type: str
+    default: Any
+    help: str
+    allowed: str
+
+
+def method_summary(name: str) -> str:
+    """The first paragraph of the method's module docstring, on one line."""
+    _check_known(name)
+    docstring = sys.modules[_REGISTRY[name][0].__module__].__doc__ or ""
+    return " ".join(docstring.strip().split("\n\n")[0].split())
+
+
+def method_options(name: str) -> list[OptionDescription]:
+    """Every field of method ``name``'s config: type, default, meaning and allowed values (from ``option``)."""
+    return [OptionDescription(item.name, str(item.type), item.default, item.metadata.get("help", ""),
+                              _describe_allowed(item.metadata.get("allowed")))
+            for item in fields(method_config_class(name))]
+
+
+def _describe_allowed(allowed: Any) -> str:
+    if callable(allowed):
+        allowed = tuple(allowed())
+    if isinstance(allowed, tuple):
+        return ", ".join(repr(choice) for choice in allowed)
+    return allowed or ""
+
+
+TOWERS_ALLOWED = f"a non-empty subset of {tuple(TOWERS)}"
+
+
 @dataclass
 class MethodConfig:
-    """Fields every method config has: the similarity head that scores text against frames (see ``heads.py``)."""
+    """Fields every method config has."""
 
-    sim_header: str = "meanP"
+    sim_header: str = option("meanP", "the similarity head that scores a text against a video's frames (heads.py)",
+                             list_heads)
 
 
 @dataclass
 class WrappingConfig(MethodConfig):
-    """A method that wraps backbone blocks: which ``towers`` ("vision", "text") and which block indices ``layers``
-    (None: every block; negative counts from the end) it wraps (see ``wrapping.wrap_modules``)."""
+    """A method that wraps backbone blocks (see ``wrapping.wrap_modules``)."""
 
-    towers: tuple[str, ...] = ("vision", "text")
-    layers: tuple[int, ...] | None = None
+    towers: tuple[str, ...] = option(("vision", "text"), "the towers whose blocks are wrapped", TOWERS_ALLOWED)
+    layers: tuple[int, ...] | None = option(
+        None, "the block indices wrapped in each tower",
+        "None (every block) or a list of block indices, negative counting from the end")
 
     def __post_init__(self) -> None:  # lists from JSON / TOML become tuples, so configs compare equal after a round trip
         self.towers = tuple(self.towers)

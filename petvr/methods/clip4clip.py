@@ -22,18 +22,28 @@ from torch import Tensor, nn
 
 from ..backbone import CLIP, TowerContext
 from ..backbone.blocks import cast_matrix_weights
-from .base import Method, MethodConfig, register_method
+from .base import Method, MethodConfig, option, register_method
 from .heads import build_head
 
 ALWAYS_TRAINED = ("logit_scale", "text.ln_final.", "text.text_projection", "visual.ln_post.", "visual.proj")
+LINEAR_PATCHES = ("2d", "3d")
 
 
 @dataclass
 class CLIP4ClipConfig(MethodConfig):
-    freeze_layer_num: int = 0
-    linear_patch: str = "2d"
-    cross_num_hidden_layers: int = 4
-    reproduce_3d_freeze_bug: bool = False
+    freeze_layer_num: int = option(
+        0, "the first fine-tuned block of each tower; the projections, final LayerNorms and logit scale always train "
+        "(0: every block; the number of blocks: no block; -1: everything, the embeddings too)",
+        "-1 .. the number of blocks (12 on ViT-B)")
+    linear_patch: str = option(
+        "2d", "the patch embedding: \"2d\" per frame (CLIP's), \"3d\" a Conv3d over each frame and its two "
+        "neighbours, equal to 2d at initialisation", LINEAR_PATCHES)
+    cross_num_hidden_layers: int = option(
+        4, "the depth of the seqTransf / tightTransf heads, initialised from the text tower's first blocks (other "
+        "heads ignore it)", "1 .. the text tower's number of blocks")
+    reproduce_3d_freeze_bug: bool = option(
+        False, "with linear_patch=\"3d\", train everything as the public code does (its bug ignores "
+        "freeze_layer_num); False trains what the code intended")
 
 
 class TemporalPatchEmbedding(nn.Module):
@@ -63,7 +73,7 @@ class TemporalPatchEmbedding(nn.Module):
 class CLIP4Clip(Method):
     def __init__(self, backbone: CLIP, config: CLIP4ClipConfig):
         super().__init__(backbone, config)
-        if config.linear_patch not in ("2d", "3d"):
+        if config.linear_patch not in LINEAR_PATCHES:
             raise ValueError(f"linear_patch must be '2d' or '3d', got {config.linear_patch!r}")
         layers = max(backbone.config.vision.layers, backbone.config.text.layers)
         if not -1 <= config.freeze_layer_num <= layers:

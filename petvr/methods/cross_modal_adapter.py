@@ -49,8 +49,8 @@ from torch import Tensor, nn
 
 from ..backbone import CLIP, TowerContext
 from ..backbone.blocks import QuickGELU
-from .base import Method, WrappingConfig, register_method
-from .heads import build_head
+from .base import Method, WrappingConfig, option, register_method
+from .heads import build_head, list_heads
 from .wrapping import TOWERS, Borrowed, Wrapper, WrapSite, check_towers, wrap_modules
 
 TARGETS = ("attn", "mlp")  # after MHSA and after the MLP of each wrapped block
@@ -61,13 +61,20 @@ class CrossModalAdapterConfig(WrappingConfig):
     """Defaults: the MSR-VTT setting of the paper and the released code (r = 8, d_s = 16). Per dataset (paper §4):
     DiDeMo (8, 8), MSVD (16, 16), VATEX (16, 64), ActivityNet (16, 512)."""
 
-    sim_header: str = "query_scoring"
-    bottleneck_dim: int = 8  # r: the code's --adapter_reduction_dims
-    shared_dim: int = 16  # d_s: output channels of the up-projection shared by the towers (--adapter_share_dim)
-    dropout: float = 0.0  # after the activation (--adapter_dropout)
-    init_std: float = 0.01  # truncated normal for the down- and up-projection weights (--adapter_init_std)
-    zero_init_up: bool = False  # zero up-projections: exactly the frozen backbone at initialisation
-    fp16_adapters: bool = False  # store the adapters in fp16 (the released code), else float32
+    sim_header: str = option(
+        "query_scoring", "the similarity head; query_scoring is what the released code runs (its default "
+        "q_score=1), meanP its command line's literal flag", list_heads)
+    bottleneck_dim: int = option(8, "r, each adapter's hidden width (the code's --adapter_reduction_dims)", ">= 1")
+    shared_dim: int = option(
+        16, "d_s, the output channels of each up-projection shared by the two towers (--adapter_share_dim); 0: no "
+        "sharing", "0 .. the narrowest adapted tower's width (512 on ViT-B with the text tower)")
+    dropout: float = option(0.0, "dropout after the activation (--adapter_dropout)", "[0, 1)")
+    init_std: float = option(0.01, "the std of the truncated normal that initialises the down- and up-projection "
+                                   "weights (--adapter_init_std)", "> 0")
+    zero_init_up: bool = option(False, "zero up-projections, so the model starts exactly as the frozen backbone "
+                                       "(neither paper nor code)")
+    fp16_adapters: bool = option(False, "store the adapters in fp16 when the trainer stores weights, as the released "
+                                        "code (with train.precision = \"fp16-weights\"); False: float32")
 
 
 class Bottleneck(nn.Module):

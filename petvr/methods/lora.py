@@ -1,6 +1,8 @@
-"""LoRA (Hu et al. 2021): a frozen projection ``W x`` becomes ``W x + (alpha / r) B A x`` with ``A: r x in`` and
-``B: out x r``; ``B`` starts at zero, so the model starts as the frozen backbone, and after training ``W + (alpha / r)
-B A`` can replace ``W`` (no extra cost at inference).
+"""LoRA (Hu et al. 2021): low-rank updates of chosen attention and MLP projections of the frozen blocks.
+
+A frozen projection ``W x`` becomes ``W x + (alpha / r) B A x`` with ``A: r x in`` and ``B: out x r``; ``B`` starts
+at zero, so the model starts as the frozen backbone, and after training ``W + (alpha / r) B A`` can replace ``W`` (no
+extra cost at inference).
 
 Targets (``targets``): the attention's ``q``, ``k``, ``v`` and ``out`` projections and the MLP's ``c_fc`` and
 ``c_proj``, in the chosen ``towers`` and ``layers``. Defaults follow the LoRA paper's RoBERTa-base setting (its
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 from ..backbone import CLIP, TowerContext
 from ..backbone.blocks import Attention
 from .adapter import Bottleneck
-from .base import Method, WrappingConfig, register_method
+from .base import Method, WrappingConfig, option, register_method
 from .heads import build_head
 from .wrapping import Wrapper, WrapSite, wrap_modules
 
@@ -37,13 +39,14 @@ PROJECTED = ("q", "k", "v")  # the three slices of the fused input projection
 
 @dataclass
 class LoRAConfig(WrappingConfig):
-    """``rank`` r, ``alpha`` (the update is scaled by alpha / r), ``dropout`` on the branch's input, and ``targets``
-    from "q", "k", "v", "out" (attention) and "c_fc", "c_proj" (MLP)."""
+    """Defaults: the LoRA paper's RoBERTa-base setting (q and v, r = 8, alpha = 8)."""
 
-    rank: int = 8
-    alpha: float = 8.0
-    dropout: float = 0.0
-    targets: tuple[str, ...] = ("q", "v")
+    rank: int = option(8, "r, the inner width of each low-rank update B A", ">= 1")
+    alpha: float = option(8.0, "the update is scaled by alpha / r")
+    dropout: float = option(0.0, "dropout on the input of each low-rank branch (peft's lora_dropout)", "[0, 1)")
+    targets: tuple[str, ...] = option(
+        ("q", "v"), "the projections that get a low-rank update: the attention's q, k, v and out, the MLP's c_fc and "
+        "c_proj", f"a non-empty subset of {tuple(WRAP_TARGET)}")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from ..backbone import CLIP, ResidualBlock, TowerContext
 from ..backbone.blocks import LayerNorm, QuickGELU
-from .base import Method, WrappingConfig, register_method
+from .base import Method, WrappingConfig, option, register_method
 from .heads import build_head
 from .wrapping import Borrowed, Wrapper, WrapSite, check_towers, resolve_layers, wrap_modules
 
@@ -60,25 +60,32 @@ TYING_POSITIONS = ("down_in", "down_out", "up_in", "up_out")
 
 @dataclass
 class MVAdapterConfig(WrappingConfig):
-    """MV-Adapter's options; ``towers`` and ``layers`` (every block by default) choose the adapted blocks.
+    """MV-Adapter's options; ``towers`` and ``layers`` (every block by default) choose the adapted blocks."""
 
-    ``max_frames`` / ``max_words`` size the learned positional tables (2 max_frames + 1 rows in each video adapter,
-    max_words in each text adapter), so they must be at least the recipe's frames and words; the counts depend on them.
-    ``tying_layers`` are block indices (negative from the end) tied in both towers; ``()`` turns CMT off.
-    """
-
-    bottleneck_width: int = 64  # d' (the paper's ViT-L/14 ablation uses 128)
-    num_heads: int = 2  # of the TRM blocks
-    scale: float = 0.1  # s
-    max_frames: int = 12
-    max_words: int = 32
-    calibration: bool = True  # per-frame calibration of the CLS tokens' Up (False: the "+TRM" ablation)
-    calibration_cc_projection: bool = True  # the code's Linear G on [CC] (False: the paper's Eq. 2)
-    tying_layers: tuple[int, ...] = (-2, -1)  # CMT layers of both towers; () disables CMT
-    tying_position: str = "down_in"  # "down_in" (paper), "down_out" (released MSR-VTT / DiDeMo), "up_in", "up_out"
-    factor_dim: int = 32  # d_m
-    input_norm: bool = False  # the code's lnin: a LayerNorm on the adapter's input (its ActivityNet config)
-    train_backbone_biases: bool = False  # every CLIP bias too (171,008 on ViT-B), as the released configs
+    bottleneck_width: int = option(64, "d', the adapters' hidden width and that of their TRM block (the paper's "
+                                       "ViT-L/14 ablation uses 128)", ">= 4, divisible by num_heads")
+    num_heads: int = option(2, "attention heads of each adapter's TRM block", ">= 1, dividing bottleneck_width")
+    scale: float = option(0.1, "s, the factor on each adapter's output A(f)")
+    max_frames: int = option(12, "frames the video adapters' positional tables hold (2 max_frames + 1 rows); at "
+                                 "least the recipe's frames (the trainable count depends on it)", ">= 1")
+    max_words: int = option(32, "tokens the text adapters' positional tables hold; at least the recipe's words (the "
+                                "trainable count depends on it)", ">= 2")
+    calibration: bool = option(True, "per-frame calibration of the CLS tokens' Up (Eq. 2-3); False: the paper's "
+                                     "\"+TRM\" ablation")
+    calibration_cc_projection: bool = option(True, "the code's Linear G on the [CC] output in the calibration; False: "
+                                                   "the paper's Eq. 2")
+    tying_layers: tuple[int, ...] = option(
+        (-2, -1), "the blocks of both towers joined by cross-modality tying (CMT), one shared factor per vision / text "
+        "pair; () turns CMT off", "() or block indices (negative from the end) among the adapted layers, naming as "
+        "many vision as text blocks (both towers adapted)")
+    tying_position: str = option(
+        "down_in", "what CMT's beta rescales: Down's inputs (the paper), Down's outputs (the released MSR-VTT / DiDeMo "
+        "configs), Up's inputs or Up's outputs", TYING_POSITIONS)
+    factor_dim: int = option(32, "d_m, the width of each shared CMT factor", ">= 1")
+    input_norm: bool = option(False, "a LayerNorm on each adapter's input (the code's lnin, its ActivityNet config)")
+    train_backbone_biases: bool = option(
+        False, "also train every CLIP bias (171,008 on ViT-B), at the backbone rate lr * coef_lr, as the released "
+        "configs")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbone import CLIP, TowerContext
-from .base import Method, MethodConfig, register_method
+from .base import TOWERS_ALLOWED, Method, MethodConfig, option, register_method
 from .heads import build_head
 from .wrapping import TOWERS, check_towers
 
@@ -39,13 +39,15 @@ TEXT_PROMPT_STD = 0.02  # CoOp / MaPLe
 
 @dataclass
 class PromptConfig(MethodConfig):
-    """``num_tokens`` per tower and block; ``depth``: the first ``depth`` blocks of each tower get prompts (1:
-    VPT-shallow; None: every block, VPT-deep); ``towers``: "vision" and/or "text"; ``dropout`` on the prompts."""
+    """Defaults: Cross-Modal Adapter's "VPT-deep" baseline (20 tokens, every block, vision only)."""
 
-    num_tokens: int = 20
-    depth: int | None = None
-    towers: tuple[str, ...] = ("vision",)
-    dropout: float = 0.0
+    num_tokens: int = option(20, "learnable tokens per tower and prompted block, placed after the first token "
+                                 "(CLS / SOT)", ">= 1")
+    depth: int | None = option(None, "the first depth blocks of each tower get their own prompts (1: VPT-shallow; "
+                                     "None: every block, VPT-deep)", "None or 1 .. the tower's number of blocks")
+    towers: tuple[str, ...] = option(("vision",), "the towers that get prompts (both: \"VL-Prompt\")",
+                                     TOWERS_ALLOWED)
+    dropout: float = option(0.0, "dropout on the prompt tokens (VPT's PROMPT.DROPOUT)", "[0, 1)")
 
     def __post_init__(self) -> None:
         self.towers = check_towers(self.towers)

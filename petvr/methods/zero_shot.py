@@ -7,13 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..backbone import CLIP
-from .base import Method, MethodConfig, register_method
+from .base import Method, MethodConfig, option, register_method
 from .heads import build_head
 
 
 @dataclass
 class ZeroShotConfig(MethodConfig):
-    """``sim_header`` must be a parameter-free head: "meanP" or "query_scoring"."""
+    """Nothing trains, so only a parameter-free head can score."""
+
+    sim_header: str = option("meanP", "the parameter-free similarity head that scores a text against a video's frames",
+                             ("meanP", "query_scoring"))
 
 
 @register_method("zero_shot", ZeroShotConfig)
