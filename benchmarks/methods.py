@@ -20,11 +20,10 @@ from pathlib import Path
 
 from train_step import add_step_arguments, measure_step
 
-from petvr.backbone import create_backbone
 from petvr.compare import ComparisonRow, compare, markdown_table, plot_recall_against_parameters
-from petvr.methods import RetrievalModel
 from petvr.synthetic import generate_world
 from petvr.training.recipe import list_recipes, load_recipe
+from petvr.training.run import build_model
 
 FULL_FINE_TUNING = "synthetic/clip4clip_full"
 ORDER = ["synthetic/zero_shot", "synthetic/clip4clip_meanP", FULL_FINE_TUNING, "synthetic/linear_probe",
@@ -88,12 +87,11 @@ def main() -> None:
 
     timings = {}
     for name in recipes:
-        method = dict(load_recipe(name)["method"])
-        method_name = method.pop("name")
-        shape_only = RetrievalModel(create_backbone(args.model, device="meta"), method_name, **method)
-        if shape_only.parameter_report()["trainable"] == 0:
+        recipe = load_recipe(name)
+        if build_model(recipe, shape_only=True).parameter_report()["trainable"] == 0:
             continue  # nothing to train, no training step to time
-        timings[name] = measure_step(args, method_name, method)
+        method = dict(recipe["method"])
+        timings[name] = measure_step(args, method.pop("name"), method)
         print(f"{name}: {timings[name]['seconds_per_step']:.3f} s/step, peak {timings[name]['peak_mb']:.0f} MB")
     full = timings[FULL_FINE_TUNING]
     if args.timing_only:

@@ -23,7 +23,6 @@ from typing import Any
 
 from .adapters import ADAPTER_CONFIG
 from .atomic import atomic_write
-from .backbone import create_backbone
 from .methods import RetrievalModel
 from .training.recipe import load_recipe, with_absolute_paths
 from .training.run import build_model, make_evaluator, run_recipe
@@ -73,9 +72,7 @@ def train_entry(entry: str, runs_dir: Path, overrides: Sequence[str] = (), devic
         run_dir = runs_dir / run_name(entry)
         if (run_dir / "adapter" / ADAPTER_CONFIG).is_file():
             return run_dir
-    method = dict(recipe["method"])
-    shape_only = RetrievalModel(create_backbone(recipe["backbone"]["name"], device="meta"), method.pop("name"), **method)
-    if shape_only.parameter_report()["trainable"] == 0:
+    if build_model(recipe, shape_only=True).parameter_report()["trainable"] == 0:
         recipe = with_absolute_paths(recipe)
         model = build_model(recipe, device)
         model.save_adapter(run_dir / "adapter", recipe, make_evaluator(recipe, model, device, progress=False)(model))

@@ -45,7 +45,8 @@ from torch import Tensor
 from .adapters import ADAPTER_WEIGHTS, write_adapter_files
 from .atomic import atomic_write_folder
 from .backbone import CLIP
-from .backbone.checkpoints import RawCheckpoint, load_backbone, save_backbone, to_petvr_state_dict
+from .backbone.checkpoints import (RawCheckpoint, load_backbone, save_backbone, state_dict_from_pickle,
+                                   to_petvr_state_dict)
 
 BACKBONE_FILE = "backbone.safetensors"
 CONVERSION_FILE = "conversion.json"
@@ -74,22 +75,11 @@ class ConversionError(ValueError):
 
 def read_official_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The model's tensors from an official file: a state dict, or a training checkpoint holding one under
-    ``"model"`` / ``"state_dict"``; DDP's ``module.`` prefix is removed. Loaded with ``weights_only=True`` (plus
-    ``argparse.Namespace``, which Cross-Modal Adapter's checkpoint holds), so a file cannot run code."""
-    path = Path(path)
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):  # Cross-Modal Adapter saves its ``args``
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a non-checkpoint or an unsafe pickle
-        raise ConversionError(f"{path}: cannot read as a PyTorch checkpoint of tensors ({error})") from error
-    if isinstance(loaded, dict):
-        for container in ("model", "state_dict"):
-            if isinstance(loaded.get(container), dict):
-                loaded = loaded[container]
-                break
-    if not isinstance(loaded, dict) or not all(isinstance(value, Tensor) for value in loaded.values()):
-        raise ConversionError(f"{path}: expected a state dict (or a checkpoint with one under 'model'), "
-                              f"found {type(loaded).__name__}")
+    ``"model"`` / ``"state_dict"``; DDP's ``module.`` prefix is removed. Read by the backbone's pickle reader
+    (``weights_only=True``, plus ``argparse.Namespace``, which Cross-Modal Adapter's checkpoint holds), so a file
+    cannot run code."""
+    loaded = state_dict_from_pickle(Path(path), containers=("model", "state_dict"),
+                                    allowed_globals=(argparse.Namespace,))  # Cross-Modal Adapter saves its ``args``
     return {key.removeprefix("module."): value for key, value in loaded.items()}
 
 
@@ -276,18 +266,17 @@ TRAINED_ONLY_LAYOUTS = ("mv_adapter",)
 # ---------------------------------------------------------------------------------------------------------------------
 
 def parse_overrides(method: str, assignments: list[str]) -> dict[str, Any]:
-    """``["clip4clip.freeze_layer_num=12"]`` -> ``{"freeze_layer_num": 12}`` (values read as JSON, else text)."""
-    overrides = {}
+    """``["clip4clip.freeze_layer_num=12"]`` -> ``{"freeze_layer_num": 12}``, values read as the recipes' ``--set``
+    reads them (``petvr.training.recipe.apply_override``: a TOML value, else text)."""
+    from .training.recipe import apply_override
+
+    tables: dict[str, Any] = {}
     for assignment in assignments:
-        key, equals, value = assignment.partition("=")
-        prefix, dot, option = key.partition(".")
-        if not equals or not dot or prefix != method:
+        prefix, dot, option = assignment.partition("=")[0].partition(".")
+        if "=" not in assignment or not dot or prefix != method or "." in option:
             raise ConversionError(f"--set {assignment!r}: expected {method}.OPTION=VALUE")
-        try:
-            overrides[option] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[option] = value
-    return overrides
+        apply_override(tables, assignment)
+    return tables.get(method, {})
 
 
 def _differs(stored: Tensor, base: Tensor) -> bool:

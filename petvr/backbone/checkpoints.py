@@ -134,7 +134,7 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     if head.startswith(b"PK\x03\x04"):
         return _read_zip_archive(path)
     if head[0] == 0x80:  # a pickle protocol opcode: torch.save's legacy (non-zip) format
-        return RawCheckpoint(path, "torch.save (legacy)", _state_dict_from_pickle(path))
+        return RawCheckpoint(path, "torch.save (legacy)", state_dict_from_pickle(path))
     if _looks_like_safetensors(head, path):
         return _read_safetensors(path)
     raise CheckpointError(path, f"unknown checkpoint format (starts with {head[:8]!r}); {_formats_list()}")
@@ -154,7 +154,7 @@ def _read_zip_archive(path: Path) -> RawCheckpoint:
         raise CheckpointError(path, f"truncated or corrupt zip archive ({error}); download or save it again") from error
     if any(name.endswith("constants.pkl") or "/code/" in name for name in names):
         return _read_torchscript(path)
-    return RawCheckpoint(path, "torch.save", _state_dict_from_pickle(path))
+    return RawCheckpoint(path, "torch.save", state_dict_from_pickle(path))
 
 
 def _read_torchscript(path: Path) -> RawCheckpoint:
@@ -172,9 +172,14 @@ def _read_torchscript(path: Path) -> RawCheckpoint:
                          quick_gelu=activations.pop() if len(activations) == 1 else None)
 
 
-def _state_dict_from_pickle(path: Path) -> dict[str, Tensor]:
+def state_dict_from_pickle(path: Path, containers: tuple[str, ...] = ("state_dict",),
+                           allowed_globals: tuple[type, ...] = ()) -> dict[str, Tensor]:
+    """The tensors of a ``torch.save`` file, read with ``weights_only=True`` (plus ``allowed_globals``, plain data
+    classes a training checkpoint may hold beside its weights), unwrapped from the first of ``containers`` it has
+    (open_clip's training checkpoints keep the state dict under ``"state_dict"``)."""
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "weights only" not in str(error).lower():
             raise CheckpointError(path, f"truncated or corrupt torch.save file: {error}") from error
@@ -185,8 +190,10 @@ def _state_dict_from_pickle(path: Path) -> dict[str, Tensor]:
         ) from error
     except Exception as error:  # truncated zip records, bad storages: RuntimeError / EOFError / ValueError
         raise CheckpointError(path, f"truncated or corrupt torch.save file: {str(error).splitlines()[0]}") from error
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]  # open_clip training checkpoint
+    container = next((name for name in containers if isinstance(loaded, dict) and isinstance(loaded.get(name), dict)),
+                     None)
+    if container is not None:
+        loaded = loaded[container]
     if not isinstance(loaded, dict):
         raise CheckpointError(path, f"expected a state dict, found a {type(loaded).__name__}; {_formats_list()}")
     not_tensors = [key for key, value in loaded.items() if not isinstance(value, Tensor)]

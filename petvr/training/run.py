@@ -26,11 +26,17 @@ from .recipe import reader_arguments, sampling_config, with_absolute_paths
 from .trainer import TrainConfig, Trainer
 
 
-def build_model(recipe: dict, device: torch.device | str = "cpu") -> RetrievalModel:
+def build_model(recipe: dict, device: torch.device | str = "cpu", shape_only: bool = False) -> RetrievalModel:
+    """The recipe's backbone with its method; ``shape_only``: on the meta device, no weights read (for parameter
+    counts, e.g. whether the method trains anything)."""
     backbone_table = recipe["backbone"]
-    backbone = load_backbone(backbone_table["name"], backbone_table.get("checkpoint") or None)
+    if shape_only:
+        backbone = create_backbone(backbone_table["name"], device="meta")
+    else:
+        backbone = load_backbone(backbone_table["name"], backbone_table.get("checkpoint") or None)
     method = dict(recipe["method"])
-    return RetrievalModel(backbone, method.pop("name"), **method).to(device)
+    model = RetrievalModel(backbone, method.pop("name"), **method)
+    return model if shape_only else model.to(device)
 
 
 def read_split(recipe: dict, which: str, sampling: SamplingConfig | None = None,
