@@ -126,11 +126,8 @@ class BertAdam(Optimizer):
 
     def scheduled_lr(self) -> list[float]:
         """The learning rate each group's next update will use (read from its first parameter's step count)."""
-        lrs = []
-        for group in self.param_groups:
-            steps = [self.state[p]["step"] for p in group["params"] if "step" in self.state[p]]
-            lrs.append(self._lr_at(group, steps[0] if steps else 0))
-        return lrs
+        return [self._lr_at(group, next((self.state[p]["step"] for p in group["params"] if "step" in self.state[p]), 0))
+                for group in self.param_groups]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
