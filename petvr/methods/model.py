@@ -22,13 +22,15 @@ from .base import create_method, list_methods
 
 
 class RetrievalModel(nn.Module):
-    def __init__(self, backbone: CLIP, method: str, **method_config: Any):
+    def __init__(self, backbone: CLIP, method: str, *, backbone_hash: str | None = None, **method_config: Any):
+        """``backbone_hash``: the backbone's ``backbone_weight_hash`` when the caller has just computed it (hashing a
+        ViT-B takes seconds); otherwise it is computed here."""
         super().__init__()
         self.backbone = backbone
         self.adapter_description: dict | None = None  # adapter.json, when loaded by from_adapter
         # Hashed before the method renames anything it wraps; meta backbones (parameter counts) have no weights.
         on_meta = next(backbone.parameters()).is_meta
-        self.backbone_hash = None if on_meta else backbone_weight_hash(backbone)
+        self.backbone_hash = None if on_meta else backbone_hash or backbone_weight_hash(backbone)
         original = dict(backbone.named_parameters())  # names from before the method wraps anything
         self.backbone_parameter_count = sum(p.numel() for p in original.values())
         backbone.requires_grad_(False)
@@ -68,12 +70,13 @@ class RetrievalModel(nn.Module):
         if method not in list_methods():
             raise ValueError(f"{folder / 'adapter.json'}: unknown method {method!r}; this petvr has "
                              f"{', '.join(list_methods())} (was the adapter made by a newer petvr?)")
-        if backbone is None:
-            backbone = find_adapter_backbone(description, folder)
+        known_hash = None
+        if backbone is None:  # found by its hash, so it need not be hashed again
+            backbone, known_hash = find_adapter_backbone(description, folder), description["backbone"]["weight_hash"]
         else:
             shape_only = cls(create_backbone(backbone.config, device="meta"), method, **options)
             backbone = shared_view(backbone, own_copies=shape_only.trained_backbone_names)
-        model = cls(backbone, method, **options)
+        model = cls(backbone, method, backbone_hash=known_hash, **options)
         expected = description["backbone"]
         if check_backbone and model.backbone_hash != expected.get("weight_hash"):
             raise ValueError(
