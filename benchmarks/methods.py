@@ -28,7 +28,8 @@ from petvr.training.run import build_model
 FULL_FINE_TUNING = "synthetic/clip4clip_full"
 ORDER = ["synthetic/zero_shot", "synthetic/clip4clip_meanP", FULL_FINE_TUNING, "synthetic/linear_probe",
          "synthetic/bitfit", "synthetic/lora", "synthetic/prompt", "synthetic/adapter", "synthetic/adaptformer",
-         "synthetic/cross_modal_adapter", "synthetic/mv_adapter"]
+         "synthetic/cross_modal_adapter", "synthetic/mv_adapter", "synthetic/dgl", "synthetic/dgl_linear",
+         "synthetic/unipt", "synthetic/rap", "synthetic/rap_light"]
 TEMPORAL = {"annotation_dir": "temporal", "video_dir": "temporal/videos", "split": "test"}
 COLLECTION = "studio"
 HEADER = """# Results: every method on the embedded default
@@ -67,6 +68,30 @@ def mean_over_seeds(runs: list[ComparisonRow]) -> ComparisonRow:
         for split in first.metrics:
             extra[f"{split} t2v R@1 std"] = statistics.stdev(run.metrics[split]["t2v"]["R@1"] for run in runs)
     return ComparisonRow(first.label, first.method, first.parameters, metrics, first.run_dir, extra)
+
+
+def separation(rows: list[ComparisonRow], seeds: int, split: str = "test") -> str:
+    """Does the world separate the methods? Two rows differ when their mean t2v R@1 differ by more than twice the
+    standard error of the difference over seeds (sqrt(std_a^2 / n + std_b^2 / n)). Returns a Markdown paragraph."""
+    if seeds < 2:
+        return "One seed: no spread to judge separation by.\n"
+    trained = [row for row in rows if row.parameters["trainable"] > 0]
+    recall = {row.label: row.metrics[split]["t2v"]["R@1"] for row in trained}
+    spread = {row.label: row.extra[f"{split} t2v R@1 std"] for row in trained}
+
+    def differ(a: str, b: str) -> bool:
+        return abs(recall[a] - recall[b]) > 2 * ((spread[a] ** 2 + spread[b] ** 2) / seeds) ** 0.5
+
+    pairs = [(a, b) for i, a in enumerate(recall) for b in list(recall)[i + 1:]]
+    separated = sum(differ(a, b) for a, b in pairs)
+    full = FULL_FINE_TUNING.removeprefix("synthetic/")
+    above = [label for label in recall if label != full and recall[label] > recall[full] and differ(label, full)]
+    tied = [label for label in recall if label != full and not differ(label, full)]
+    below = [label for label in recall if label not in above + tied + [full]]
+    return (f"Separation ({split} t2v R@1, {seeds} seeds; two methods differ when their means are more than two "
+            f"standard errors apart): {separated} of {len(pairs)} pairs of trained methods differ. Against full "
+            f"fine-tuning ({recall[full]:.1f}): above it {', '.join(above) or 'none'}; tied with it "
+            f"{', '.join(tied) or 'none'}; below it {', '.join(below) or 'none'}.\n")
 
 
 def main() -> None:
@@ -123,8 +148,9 @@ def main() -> None:
              f"{args.frames} frames, {args.words} words, {args.device} {args.precision}, median of {args.steps} steps; "
              f"{time.time() - started:.0f} s in all")
     (out / "results.json").write_text(json.dumps({"setup": setup, "rows": [row.__dict__ for row in rows]}, indent=2))
-    (out / "results.md").write_text(HEADER + markdown_table(rows) + f"\nSetup: {setup}.\n\n![t2v R@1 against "
-                                    f"trainable parameters]({plot.name})\n")
+    findings = "\n".join(separation(rows, len(args.seeds), split) for split in ("test", "temporal"))
+    (out / "results.md").write_text(HEADER + markdown_table(rows) + f"\nSetup: {setup}.\n\n{findings}\n"
+                                    f"![t2v R@1 against trainable parameters]({plot.name})\n")
     print(setup)
     print(markdown_table(rows))
     print(f"plot: {plot}")
