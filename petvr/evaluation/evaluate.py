@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ..backbone.tokenizer import Tokenizer
 from ..data.dataset import FrameSource, VideoDataset
 from ..data.records import RetrievalSplit
+from ..methods.base import VideoFeatures, concat_video_features
 from .metrics import retrieval_metrics
 from .similarity import blockwise_similarity
 
@@ -31,21 +32,21 @@ def encode_captions(model: nn.Module, captions: list[str], tokenizer: Tokenizer,
 
 @torch.no_grad()
 def encode_videos(model: nn.Module, videos: VideoDataset, batch_size: int = 16, num_workers: int = 0,
-                  device: torch.device | str = "cpu", progress: bool = True) -> tuple[Tensor, Tensor]:
-    """Videos -> per-frame embeddings (N, T, D) and frame masks (N, T)."""
+                  device: torch.device | str = "cpu", progress: bool = True) -> tuple[VideoFeatures, Tensor]:
+    """Videos -> per-frame embeddings (N, T, D) (or the method's dict of per-video tensors) and frame masks (N, T)."""
     loader = DataLoader(videos, batch_size=batch_size, num_workers=num_workers)
     embeddings, masks = [], []
     for batch in tqdm(loader, desc="encode videos", disable=not progress, leave=False):
         frame_mask = batch["frame_mask"].to(device)
         embeddings.append(model.encode_video(batch["frames"].to(device), frame_mask))
         masks.append(frame_mask)
-    return torch.cat(embeddings), torch.cat(masks)
+    return concat_video_features(embeddings), torch.cat(masks)
 
 
 @torch.no_grad()
-def similarity_matrix(model: nn.Module, text_embeddings: Tensor, frame_embeddings: Tensor, frame_mask: Tensor,
+def similarity_matrix(model: nn.Module, text_embeddings: Tensor, frame_embeddings: VideoFeatures, frame_mask: Tensor,
                       block_size: int = 64, progress: bool = True) -> Tensor:
-    """(N_t, D), (N_v, T, D), (N_v, T) -> (N_t, N_v) logits on the CPU."""
+    """(N_t, D), (N_v, T, D) (or the method's dict of per-video tensors), (N_v, T) -> (N_t, N_v) logits on the CPU."""
     if not model.method.pairwise:
         return model.similarity(text_embeddings, frame_embeddings, frame_mask).float().cpu()
     return blockwise_similarity(

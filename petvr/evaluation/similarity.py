@@ -14,17 +14,17 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-Items = Tensor | Mapping[str, Tensor]
+Items = Tensor | Mapping[str, "Items"]
 ScoreFunction = Callable[[Items, Items], Tensor]
 
 
 def _num_items(items: Items, what: str) -> int:
-    """Length along dim 0; all tensors of a dict must agree."""
+    """Length along dim 0; all tensors of a dict (and of dicts inside it) must agree."""
     if isinstance(items, Tensor):
         return items.shape[0]
     if not items:
         raise ValueError(f"{what} is an empty dict: nothing to score")
-    lengths = {key: value.shape[0] for key, value in items.items()}
+    lengths = {key: _num_items(value, f"{what}[{key!r}]") for key, value in items.items()}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"{what}: the tensors differ in length along dim 0: {lengths}")
     return next(iter(lengths.values()))
@@ -33,7 +33,7 @@ def _num_items(items: Items, what: str) -> int:
 def _slice(items: Items, start: int, stop: int) -> Items:
     if isinstance(items, Tensor):
         return items[start:stop]
-    return {key: value[start:stop] for key, value in items.items()}
+    return {key: _slice(value, start, stop) for key, value in items.items()}
 
 
 @torch.no_grad()
@@ -47,8 +47,8 @@ def blockwise_similarity(
 ) -> Tensor:
     """``score_fn(texts, videos) -> (bt, bv)`` logits over all blocks -> (N_t, N_v) float32 CPU tensor.
 
-    ``text_items`` and ``video_items`` are tensors or dicts of tensors (e.g. frame features (N_v, T, D) and a frame
-    mask (N_v, T)); each block is their slice along dim 0, on whatever device they live on. Runs without gradients.
+    ``text_items`` and ``video_items`` are tensors or dicts of tensors, possibly nested (e.g. frame features
+    (N_v, T, D), or a method's dict of per-video features, and a frame mask (N_v, T)); each block is their slice along dim 0, on whatever device they live on. Runs without gradients.
     """
     if text_block <= 0 or video_block <= 0:
         raise ValueError(f"block sizes must be positive, got text_block={text_block}, video_block={video_block}")

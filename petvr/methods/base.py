@@ -107,6 +107,29 @@ def _describe_allowed(allowed: Any) -> str:
 
 TOWERS_ALLOWED = f"a non-empty subset of {tuple(TOWERS)}"
 
+VideoFeatures = Tensor | dict[str, Tensor]
+"""What ``encode_video`` gives for a batch of B videos: per-frame embeddings (B, T, D), or a dict of per-video
+tensors (each with B rows along dim 0) holding them under ``"frames"`` beside whatever else the method's pairwise
+scoring reads (e.g. per-frame patch features). Evaluation encodes each video once and keeps all of it, then scores
+block by block; the towers never run per (text, video) pair."""
+
+
+def frame_embeddings_of(video: VideoFeatures) -> Tensor:
+    """The per-frame embeddings (B, T, D) of ``encode_video``'s output."""
+    return video["frames"] if isinstance(video, dict) else video
+
+
+def map_video_features(function: Callable[[Tensor], Tensor], video: VideoFeatures) -> VideoFeatures:
+    """``function`` applied to the tensor, or to each tensor of the dict."""
+    return {key: function(value) for key, value in video.items()} if isinstance(video, dict) else function(video)
+
+
+def concat_video_features(chunks: Sequence[VideoFeatures]) -> VideoFeatures:
+    """Batches of ``encode_video`` output joined along the videos (dim 0)."""
+    if isinstance(chunks[0], dict):
+        return {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
+    return torch.cat(list(chunks))
+
 
 @dataclass
 class MethodConfig:
@@ -162,8 +185,9 @@ class Method(nn.Module):
         """(B, L) -> (B, D)."""
         return backbone.encode_text(token_ids, token_mask)
 
-    def encode_video(self, backbone: CLIP, frames: Tensor, frame_mask: Tensor) -> Tensor:
-        """(B, T, 3, H, W), (B, T) -> per-frame embeddings (B, T, D)."""
+    def encode_video(self, backbone: CLIP, frames: Tensor, frame_mask: Tensor) -> VideoFeatures:
+        """(B, T, 3, H, W), (B, T) -> per-frame embeddings (B, T, D), or a dict of per-video tensors holding them
+        under ``"frames"`` (``VideoFeatures``); a method that returns a dict scores it in its own ``similarity``."""
         return backbone.encode_frames(frames, frame_mask)
 
     @property
@@ -171,8 +195,9 @@ class Method(nn.Module):
         """True when scoring needs every (text, video) pair together, so evaluation runs block-wise."""
         return self.head.pairwise
 
-    def similarity(self, text_embeddings: Tensor, frame_embeddings: Tensor, frame_mask: Tensor, logit_scale: Tensor) -> Tensor:
-        """(Nt, D), (Nv, T, D), (Nv, T), scalar -> logits (Nt, Nv)."""
+    def similarity(self, text_embeddings: Tensor, frame_embeddings: VideoFeatures, frame_mask: Tensor,
+                   logit_scale: Tensor) -> Tensor:
+        """(Nt, D), (Nv, T, D) (or ``encode_video``'s dict), (Nv, T), scalar -> logits (Nt, Nv)."""
         return self.head(text_embeddings, frame_embeddings, frame_mask, logit_scale)
 
     # -- training details the method owns --

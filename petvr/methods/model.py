@@ -18,7 +18,7 @@ from ..adapters import (find_adapter_backbone, load_adapter_weights, read_adapte
                         save_adapter)
 from ..backbone import CLIP, create_backbone
 from ..backbone.checkpoints import backbone_weight_hash
-from .base import create_method, list_methods
+from .base import VideoFeatures, create_method, list_methods, map_video_features
 
 
 class RetrievalModel(nn.Module):
@@ -113,12 +113,13 @@ class RetrievalModel(nn.Module):
         """(B, L) -> (B, D), float32 whatever the backbone's storage dtype."""
         return self.method.encode_text(self.backbone, token_ids, token_mask).float()
 
-    def encode_video(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
-        """(B, T, 3, H, W), (B, T) -> per-frame embeddings (B, T, D), float32."""
-        return self.method.encode_video(self.backbone, frames, frame_mask).float()
+    def encode_video(self, frames: Tensor, frame_mask: Tensor) -> VideoFeatures:
+        """(B, T, 3, H, W), (B, T) -> per-frame embeddings (B, T, D) (or the method's dict of per-video tensors,
+        ``VideoFeatures``), float32."""
+        return map_video_features(Tensor.float, self.method.encode_video(self.backbone, frames, frame_mask))
 
-    def similarity(self, text_embeddings: Tensor, frame_embeddings: Tensor, frame_mask: Tensor) -> Tensor:
-        """(Nt, D), (Nv, T, D), (Nv, T) -> logits (Nt, Nv)."""
+    def similarity(self, text_embeddings: Tensor, frame_embeddings: VideoFeatures, frame_mask: Tensor) -> Tensor:
+        """(Nt, D), (Nv, T, D) (or ``encode_video``'s dict), (Nv, T) -> logits (Nt, Nv)."""
         return self.method.similarity(text_embeddings, frame_embeddings, frame_mask, self.logit_scale)
 
     def forward(self, token_ids: Tensor, token_mask: Tensor, frames: Tensor, frame_mask: Tensor) -> Tensor:

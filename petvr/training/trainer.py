@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from ..adapters import ADAPTER_CONFIG, load_adapter_weights, write_adapter_files
 from ..atomic import atomic_write_folder, atomic_write_json, remove_unfinished_writes
+from ..methods.base import map_video_features
 from .distributed import all_gather_with_grad, barrier, is_main_process, rank, world_size
 from .losses import symmetric_infonce
 from .optim import build_optimizer
@@ -106,7 +107,8 @@ class ContrastiveObjective(nn.Module):
         text = self.model.encode_text(token_ids, token_mask)
         video = self.model.encode_video(frames, frame_mask)
         if not self.model.method.pairwise:
-            text, video, frame_mask = (all_gather_with_grad(t) for t in (text, video, frame_mask))
+            text, frame_mask = all_gather_with_grad(text), all_gather_with_grad(frame_mask)
+            video = map_video_features(all_gather_with_grad, video)
         logits = self.model.similarity(text, video, frame_mask)
         terms = {"infonce": symmetric_infonce(logits), **self.model.method.loss_terms(text, video, frame_mask, logits)}
         return {"loss": sum(terms.values()), **terms}
