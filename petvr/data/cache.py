@@ -11,6 +11,9 @@ rewritten or touched file, or a new frame rate or image size, is decoded again. 
 the selected frames are touched). Both are written to a temporary file in the same folder and moved into place with
 ``os.replace``, the JSON first: a reader that finds the ``.npy`` finds a complete entry, and several DataLoader
 workers or processes can fill the same cache at once. An entry that fails to load is decoded and written again.
+
+``get_span`` serves any span of a video from the video's one whole-file entry (decoded once at ``feature_framerate``):
+clip boundaries that change every round (``petvr.editing``) never decode the video again.
 """
 from __future__ import annotations
 
@@ -95,6 +98,31 @@ class FrameCache:
         segment sampler's training offsets and the shuffle order, exactly as in on-the-fly decoding.
         """
         return video.to_model_input(video.select_frames(self.grid(path, config, start, end), config, rng), config)
+
+    def get_span(self, path: str | Path, config: SamplingConfig, start: float | None = None, end: float | None = None,
+                 rng: np.random.Generator | None = None) -> VideoSample:
+        """Like ``get``, but the span's frames are taken from the whole video's grid (``grid_span``), so every span of a
+        video shares one cache entry and one decode."""
+        grid = grid_span(self.grid(path, config), start, end)
+        return video.to_model_input(video.select_frames(grid, config, rng), config)
+
+
+def span_positions(timestamps: np.ndarray, start: float | None, end: float | None) -> np.ndarray:
+    """Positions of the whole-video grid's candidates shown within ``[start, end]`` seconds; a span between two
+    candidates (shorter than the grid's spacing) gets the one nearest its middle."""
+    low = -np.inf if start is None else float(start) - 1e-6
+    high = np.inf if end is None else float(end) + 1e-6
+    inside = np.flatnonzero((timestamps >= low) & (timestamps <= high))
+    if len(inside) == 0:
+        first, last = timestamps[0], timestamps[-1]
+        middle = np.clip((max(low, first) + min(high, last)) / 2, first, last)
+        inside = np.array([int(np.argmin(np.abs(timestamps - middle)))])
+    return inside
+
+
+def grid_span(grid: DecodedClip, start: float | None, end: float | None) -> DecodedClip:
+    """The part of a whole-video ``grid`` that a span shows (``span_positions``)."""
+    return grid.take(span_positions(grid.timestamps, start, end))
 
 
 def _save_npy(path: Path, frames: np.ndarray) -> None:

@@ -22,13 +22,21 @@ from .video import SamplingConfig, VideoSample, load_video
 
 
 class FrameSource:
-    """Where frames come from: the frame cache when ``cache_dir`` is set, else decoding every time."""
+    """Where frames come from: the frame cache when ``cache_dir`` is set, else decoding every time.
 
-    def __init__(self, sampling: SamplingConfig, cache_dir: str | Path | None = None):
+    ``whole_video``: every span is read from its video's one whole-file cache entry (``FrameCache.get_span``), for
+    clips whose boundaries keep changing (``petvr.editing``); it needs ``cache_dir``."""
+
+    def __init__(self, sampling: SamplingConfig, cache_dir: str | Path | None = None, whole_video: bool = False):
+        if whole_video and not cache_dir:
+            raise ValueError("FrameSource(whole_video=True) reads spans from the frame cache: give a cache_dir")
         self.sampling = sampling
         self.cache = FrameCache(cache_dir) if cache_dir else None
+        self.whole_video = whole_video
 
     def load(self, path: Path, start: float | None, end: float | None, rng: np.random.Generator | None) -> VideoSample:
+        if self.whole_video:
+            return self.cache.get_span(path, self.sampling, start, end, rng)
         if self.cache is not None:
             return self.cache.get(path, self.sampling, start, end, rng)
         return load_video(path, self.sampling, start, end, rng)

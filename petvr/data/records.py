@@ -38,6 +38,10 @@ class VideoRecord:
     ``caption_times`` holds one ``(start, end)`` span in seconds per caption where the dataset localises its captions
     (ActivityNet, DiDeMo and YouCook2 in sentence mode, custom rows with times), else ``None``. ``duration`` is the
     annotated duration in seconds where the annotation gives one.
+
+    Timestamp supervision (``petvr.editing``): ``caption_timestamps`` holds one time in seconds per caption, a single
+    click inside its moment, and then ``caption_times`` is ``None`` so no training path can read a span;
+    ``reference_times`` keeps the ground-truth spans, where the annotation has them, only to measure clips against.
     """
 
     video_id: str
@@ -48,10 +52,16 @@ class VideoRecord:
     end: float | None = None
     caption_times: list[tuple[float, float]] | None = None
     duration: float | None = None
+    caption_timestamps: list[float] | None = None
+    reference_times: list[tuple[float, float]] | None = None
 
     def __post_init__(self) -> None:
         if self.caption_times is not None and len(self.caption_times) != len(self.captions):
             raise ValueError(f"{self.video_id}: {len(self.captions)} captions but {len(self.caption_times)} spans")
+        for name in ("caption_timestamps", "reference_times"):
+            values = getattr(self, name)
+            if values is not None and len(values) != len(self.captions):
+                raise ValueError(f"{self.video_id}: {len(self.captions)} captions but {len(values)} {name}")
 
     def pairs(self) -> list[CaptionPair]:
         """One ``CaptionPair`` per caption; a caption's own span wins over the video's span."""

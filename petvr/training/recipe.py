@@ -19,6 +19,7 @@ file, the table and the key.
     [data.sampling]   SamplingConfig fields (image_size defaults to the backbone's)
     [data.train] / [data.test]   keyword arguments of the dataset's reader (see ``petvr.data.readers``)
     [train]     TrainConfig fields plus output_dir
+    [editing]   optional: training from single timestamps with clip editing (``petvr.editing.EditingConfig``)
 """
 from __future__ import annotations
 
@@ -152,7 +153,8 @@ def load_recipe(reference: str | Path, overrides: list[str] = ()) -> dict:
 
 # The keys of the tables that no dataclass describes: name -> type. [method], [data.sampling] and [train] are their
 # dataclasses' fields, [data.train] / [data.test] the reader's arguments.
-RECIPE_KEYS = {"name": str, "backbone": dict, "method": dict, "data": dict, "train": dict}
+RECIPE_KEYS = {"name": str, "backbone": dict, "method": dict, "data": dict, "train": dict,
+               "editing": dict}  # [editing]: timestamp supervision with clip editing (petvr.editing.EditingConfig)
 BACKBONE_KEYS = {"name": str, "checkpoint": str}
 DATA_KEYS = {"dataset": str, "root": str, "expand_sentences": bool, "max_words": int, "cache_dir": str,
              "num_workers": int, "batch_size_val": int, "skip_unreadable": bool, "ties": str, "sampling": dict,
@@ -232,6 +234,10 @@ def validate_recipe(recipe: dict, path: str | Path) -> None:
     _check_keys({key: train.pop(key) for key in TRAIN_ONLY_KEYS if key in train}, TRAIN_ONLY_KEYS, "[train]", fail)
     _checked(lambda: dataclass_from_dict(TrainConfig, train, "[train]"), "[train]", fail)
     _check_ranges(recipe["train"], "train", fail)
+    if "editing" in recipe:
+        from ..editing.clips import EditingConfig
+
+        _checked(lambda: EditingConfig.from_recipe(recipe), "[editing]", fail)
 
 
 def _check_keys(table: Any, known: dict[str, Any], where: str, fail, hint: str = "") -> None:

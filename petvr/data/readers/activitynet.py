@@ -6,7 +6,8 @@
 
 ``mode="paragraph"`` (the retrieval benchmark): one caption per video, its sentences joined, spanning
 ``[0, duration]``. ``mode="sentence"``: every sentence is a caption with its own span (``caption_times``), clipped to
-``[0, duration]``; ``RetrievalSplit.clips()`` turns these into clip-level records.
+``[0, duration]``; ``RetrievalSplit.clips()`` turns these into clip-level records. ``timestamps`` (sentence mode):
+one seeded click per sentence instead of its span (``petvr.data.timestamps``).
 
 Ids carry a ``v_`` prefix that the video files may or may not have: both names are tried, with and without it.
 """
@@ -20,6 +21,7 @@ from petvr.data.readers.common import (
     Problems, SplitBuilder, VideoIndex, caption_text, expect_type, get_key, load_json, read_entries, seconds,
     time_span)
 from petvr.data.records import RetrievalSplit, VideoRecord
+from petvr.data.timestamps import check_timestamp_rule, with_timestamps
 
 SPLIT_FILES = {"train": ("train.json", "train_ids.json"), "val": ("val_1.json", "val_ids.json")}
 MODES = ("paragraph", "sentence")
@@ -31,12 +33,14 @@ def id_variants(video_id: str) -> tuple[str, str]:
 
 
 def read_activitynet(annotation_dir: str | Path, video_dir: str | Path, split: str = "val", mode: str = "paragraph",
-                     skip_unreadable: bool = False) -> RetrievalSplit:
+                     skip_unreadable: bool = False, timestamps: str | None = None,
+                     timestamp_seed: int = 0) -> RetrievalSplit:
     """Read ActivityNet Captions ``split`` ("train" or "val", i.e. val_1) as paragraphs or timed sentences."""
     if split not in SPLIT_FILES:
         raise ValueError(f"ActivityNet split must be one of {sorted(SPLIT_FILES)}, got {split!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_timestamp_rule(timestamps, mode)
     annotation_dir = Path(annotation_dir)
     captions_path, ids_path = (annotation_dir / name for name in SPLIT_FILES[split])
     ids = expect_type(load_json(ids_path), list, ids_path, "the top level")
@@ -53,8 +57,8 @@ def read_activitynet(annotation_dir: str | Path, video_dir: str | Path, split: s
             if key is None:
                 raise DataError(ids_path, f"video {video_id!r} has no entry in {captions_path.name}", row)
             path = videos.lookup(id_variants(key), ids_path, row)
-            builder.add(_record(key, path, annotations[key], split, mode, captions_path, problems), ids_path, row,
-                        caption_path=captions_path)
+            record = _record(key, path, annotations[key], split, mode, captions_path, problems)
+            builder.add(with_timestamps(record, timestamps, timestamp_seed), ids_path, row, caption_path=captions_path)
     return builder.finish()
 
 

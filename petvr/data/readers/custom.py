@@ -5,6 +5,10 @@ optionally, ``start`` and ``end`` in seconds. ``video`` is a path relative to th
 bare name or stem (``tom.mp4``, ``tom``) looked up anywhere under it. Rows of the same video are grouped into one
 record in order of first appearance; when a row has ``start``/``end``, every row of that video must have them, and
 they become the captions' ``caption_times``. A record's ``video_id`` is the file's path relative to the video folder.
+
+Timestamp supervision (``petvr.editing``): a ``timestamp`` field (seconds, one click inside the caption's moment)
+gives ``caption_timestamps`` instead; a video's rows must all have one or none. Rows with a timestamp may also give
+``start``/``end``: those spans are then kept in ``reference_times``, only to measure edited clips against.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from typing import Any, Callable
 
 from petvr.errors import DataError
 from petvr.data.readers.common import (CsvTable, Problems, SplitBuilder, VideoIndex, caption_text, expect_type,
-                                       read_text, require_file, time_span)
+                                       read_text, require_file, seconds, time_span)
 from petvr.data.records import VIDEO_EXTENSIONS, RetrievalSplit, VideoRecord
 
 
@@ -29,18 +33,27 @@ def read_custom(annotations: str | Path, video_dir: str | Path, split: str = "al
     parse, rows = _rows(annotations)
     for line, raw in rows:
         with problems.item():
-            video, caption, span = parse(line, raw)
+            video, caption, span, timestamp = parse(line, raw)
             path = _resolve(video, videos, annotations, line)
             record, first_line, lines = records.get(path) or (None, line, [])
+            timed = timestamp is not None
             if record is None:
                 video_id = path.relative_to(videos.root).as_posix()
-                record = VideoRecord(video_id, path, split, [], caption_times=None if span is None else [])
-            elif (span is None) != (record.caption_times is None):
+                spans = None if span is None else []
+                record = VideoRecord(video_id, path, split, [], caption_times=None if timed else spans,
+                                     caption_timestamps=[] if timed else None,
+                                     reference_times=spans if timed else None)
+            elif timed != (record.caption_timestamps is not None):
+                raise DataError(annotations, f"video {record.video_id!r} has rows with and without a timestamp; "
+                                             "give one on every row of a video or on none", line)
+            elif (span is None) != ((record.reference_times if timed else record.caption_times) is None):
                 raise DataError(annotations, f"video {record.video_id!r} has rows with and without start/end; "
                                              "give them on every row of a video or on none", line)
             record.captions.append(caption)
+            if timed:
+                record.caption_timestamps.append(timestamp)
             if span is not None:
-                record.caption_times.append(span)
+                (record.reference_times if timed else record.caption_times).append(span)
             lines.append(line)
             records[path] = record, first_line, lines
     builder = SplitBuilder("custom", split, [annotations], problems)
@@ -66,7 +79,7 @@ def read_video_folder(video_dir: str | Path, split: str = "all",
     return builder.finish()
 
 
-Row = tuple[str, str, tuple[float, float] | None]
+Row = tuple[str, str, tuple[float, float] | None, float | None]
 
 
 def _rows(path: Path) -> tuple[Callable[[int, Any], Row], list[tuple[int, Any]]]:
@@ -95,7 +108,8 @@ def _json_row(text: str, path: Path, line: int) -> Row:
 
 
 def _fields(entry: dict[str, Any], path: Path, line: int) -> Row:
-    """Check one row's fields: a video name, a caption, and both or neither of start/end (empty means absent)."""
+    """Check one row's fields: a video name, a caption, both or neither of start/end, and an optional timestamp inside
+    them (empty means absent)."""
     video = entry["video"]
     if not isinstance(video, str) or not video.strip():
         raise DataError(path, f"video should be a non-empty file name or path, found {video!r:.60}", line)
@@ -105,7 +119,11 @@ def _fields(entry: dict[str, Any], path: Path, line: int) -> Row:
     if (start is None) != (end is None):
         raise DataError(path, "give both start and end, or neither", line)
     span = None if start is None else time_span([start, end], path, line)
-    return video.strip(), caption, span
+    timestamp = entry.get("timestamp")
+    timestamp = None if timestamp is None or timestamp == "" else seconds(timestamp, path, "timestamp", line)
+    if timestamp is not None and span is not None and not span[0] <= timestamp <= span[1]:
+        raise DataError(path, f"timestamp {timestamp:g} s lies outside its span [{span[0]:g}, {span[1]:g}]", line)
+    return video.strip(), caption, span, timestamp
 
 
 def _resolve(video: str, videos: VideoIndex, annotations: Path, line: int) -> Path:

@@ -7,7 +7,8 @@
   order records are returned. Moments of videos not in the list are not read.
 
 ``mode="paragraph"`` (the retrieval benchmark): one caption per video, all its descriptions joined, spanning the 30 s
-annotated window ``[0, 30]``. ``mode="sentence"``: one caption per moment with its consensus span (``caption_times``).
+annotated window ``[0, 30]``. ``mode="sentence"``: one caption per moment with its consensus span (``caption_times``); with ``timestamps``, one seeded
+click per moment instead (``petvr.data.timestamps``), the record's ``duration`` then being the 30 s annotated window.
 
 Consensus span, when annotators differ: the segment pair chosen by most annotators; on a tie, the tied pair with the
 largest summed temporal IoU against all annotators' pairs; on a further tie, the earliest then the shortest.
@@ -26,6 +27,7 @@ from petvr.errors import DataError
 from petvr.data.readers.common import (Problems, SplitBuilder, VideoIndex, caption_text, expect_type, get_key,
                                        load_json, read_id_list)
 from petvr.data.records import RetrievalSplit, VideoRecord
+from petvr.data.timestamps import check_timestamp_rule, with_timestamps
 
 SPLITS = ("train", "val", "test")
 MODES = ("paragraph", "sentence")
@@ -47,12 +49,14 @@ def consensus_segments(pairs: list[tuple[int, int]]) -> tuple[int, int]:
 
 
 def read_didemo(annotation_dir: str | Path, video_dir: str | Path, split: str = "test", mode: str = "paragraph",
-                skip_unreadable: bool = False) -> RetrievalSplit:
+                skip_unreadable: bool = False, timestamps: str | None = None,
+                timestamp_seed: int = 0) -> RetrievalSplit:
     """Read DiDeMo ``split`` ("train", "val" or "test") as paragraphs or as timed moments."""
     if split not in SPLITS:
         raise ValueError(f"DiDeMo split must be one of {SPLITS}, got {split!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_timestamp_rule(timestamps, mode)
     annotation_dir = Path(annotation_dir)
     data_path, list_path = annotation_dir / f"{split}_data.json", annotation_dir / f"{split}_list.txt"
     listed = read_id_list(list_path)
@@ -89,6 +93,9 @@ def read_didemo(annotation_dir: str | Path, video_dir: str | Path, split: str = 
                 builder.add(record, list_path, line, caption_path=data_path)
             else:
                 record = VideoRecord(video, path, split, captions[video], caption_times=spans[video])
+                if timestamps is not None:
+                    record = with_timestamps(record, timestamps, timestamp_seed)
+                    record.duration = SEGMENT_SECONDS * NUM_SEGMENTS
                 builder.add(record, list_path, line, caption_rows=caption_rows[video], caption_path=data_path)
     return builder.finish()
 
