@@ -30,6 +30,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from .training.run import run_recipe
 
     recipe = load_recipe(args.recipe, args.set)
+    if "editing" in recipe:  # timestamp supervision with clip editing (petvr.editing): its own stages and run folder
+        from .editing import run_editing
+
+        result = run_editing(recipe, args.output_dir, resume=not args.no_resume)
+        print(f"teacher adapter written to {result['adapter']}; clips per round in {result['clips']}")
+        return
     result = run_recipe(recipe, args.output_dir, resume=not args.no_resume)
     print(f"adapter written to {result['adapter']}")
 

@@ -15,6 +15,7 @@ trains on exactly the clips it had), and lets each stage's ``Trainer`` resume fr
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -187,16 +188,11 @@ class EditingRun:
 
     # -- the run --
     def run(self, resume: bool = True) -> dict:
-        if not resume:
-            import shutil
-
-            for name in (STATE_FILE, CLIPS_FILE, TIMELINE, TEACHER):
-                target = self.run_dir / name
-                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-            for stage in self.run_dir.glob("warmup") if self.run_dir.is_dir() else []:
-                shutil.rmtree(stage, ignore_errors=True)
-            for stage in self.run_dir.glob("round-*") if self.run_dir.is_dir() else []:
-                shutil.rmtree(stage, ignore_errors=True)
+        if not resume:  # forget every stage and every round's clips (the frame cache stays)
+            for name in (STATE_FILE, CLIPS_FILE, TIMELINE):
+                (self.run_dir / name).unlink(missing_ok=True)
+            for folder in [self.run_dir / TEACHER, self.run_dir / "warmup", *self.run_dir.glob("round-*")]:
+                shutil.rmtree(folder, ignore_errors=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._prepare()
         state = self._state()
