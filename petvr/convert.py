@@ -50,7 +50,7 @@ from .backbone.checkpoints import (RawCheckpoint, load_backbone, save_backbone, 
 
 BACKBONE_FILE = "backbone.safetensors"
 CONVERSION_FILE = "conversion.json"
-OFFICIAL_METHODS = ("clip4clip", "cross_modal_adapter", "mv_adapter")
+OFFICIAL_METHODS = ("clip4clip", "cross_modal_adapter", "mv_adapter", "unipt")
 
 # CLIP4Clip's similarity heads (also in Cross-Modal Adapter's wrapper): official prefix -> petvr model prefix.
 HEAD_RENAMES = (
@@ -255,8 +255,37 @@ def map_mv_adapter(state: dict[str, Tensor]):
     return backbone, method, config, unmapped
 
 
+# UniPT: its two side networks (``image_adapter`` per frame, ``text_adapter``), each ``downsample_layers.N.1`` (D_l, after
+# a ReLU at index 0), ``downsample_layer.1`` (D_g), ``upsample_layer.1`` (U) and ``gate_layer``, beside the CLIP4Clip
+# wrapper's keys (its CLIP stored in fp16 by ``convert_weights``).
+UNIPT_ADAPTER = re.compile(r"(image|text)_adapter\.(downsample_layers\.(\d+)\.1|downsample_layer\.1|upsample_layer\.1|"
+                           r"gate_layer)\.(weight|bias)$")
+UNIPT_PARTS = {"downsample_layer.1": "anchor_projection", "upsample_layer.1": "up_projection", "gate_layer": "gate"}
+
+
+def map_unipt(state: dict[str, Tensor]):
+    def side_network(key: str, value: Tensor, method: dict) -> bool:
+        match = UNIPT_ADAPTER.match(key)
+        if match is None:
+            return False
+        tower, part, layer, kind = match.groups()
+        name = f"layer_projections.{layer}" if layer is not None else UNIPT_PARTS[part]
+        method[f"method.{'vision' if tower == 'image' else 'text'}.{name}.{kind}"] = value.float()
+        return True
+
+    backbone, method, config, unmapped = _split_common(state, side_network)
+    config.setdefault("sim_header", "meanP")
+    up = state.get("image_adapter.upsample_layer.1.weight", state.get("text_adapter.upsample_layer.1.weight"))
+    if up is not None and up.shape[1] and up.shape[0] % up.shape[1] == 0:
+        config["downsample_factor"] = up.shape[0] // up.shape[1]  # (D, d)
+    projection = state.get("clip.visual.proj")
+    if projection is not None and projection.dtype in (torch.float16, torch.bfloat16):  # the frozen pass as the code ran it
+        config["backbone_precision"] = "fp16" if projection.dtype == torch.float16 else "bf16"
+    return backbone, method, config, unmapped
+
+
 MAPPINGS: dict[str, Callable] = {"clip4clip": map_clip4clip, "cross_modal_adapter": map_cross_modal_adapter,
-                                 "mv_adapter": map_mv_adapter}
+                                 "mv_adapter": map_mv_adapter, "unipt": map_unipt}
 # Layouts whose files hold only the weights their code trained: the backbone weights they lack are the base's.
 TRAINED_ONLY_LAYOUTS = ("mv_adapter",)
 

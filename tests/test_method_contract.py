@@ -36,6 +36,7 @@ VARIANTS = {  # options worth covering beyond the defaults; a method missing her
                    {"tying_position": "up_in", "calibration_cc_projection": False},
                    {"tying_position": "up_out", "input_norm": True, "tying_layers": [-1]},
                    {"towers": ["vision"], "tying_layers": [], "calibration": False}],
+    "unipt": [{"zero_init_up": True}, {"backbone_precision": "bf16", "downsample_factor": 2}],
     "dgl": [{"shared_latent_space": "linear", "postfix_position": "after_padding"},
             {"num_frames": 3, "text_prompts": 2, "local_prompts": 1, "global_prompts": 2}],
     "rap": [{"asa": False}, {"selection": "frame", "lorm": "both", "lorm_layers": [0, -1], "lorm_factors": "centred"},

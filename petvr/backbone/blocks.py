@@ -210,10 +210,14 @@ class Transformer(nn.Module):
                 x = hook(x, context)
         return x
 
-    def forward(self, x: Tensor, context: TowerContext, hidden_states: list[Tensor] | None = None) -> Tensor:
-        """(N, L, W) -> (N, L', W). Appends each block's output to ``hidden_states`` when a list is given."""
+    def forward(self, x: Tensor, context: TowerContext, hidden_states: list[Tensor] | None = None,
+                include_input: bool = False) -> Tensor:
+        """(N, L, W) -> (N, L', W). Appends each block's output to ``hidden_states`` when a list is given, preceded
+        by the first block's input (after the hooks before it) when ``include_input``."""
         for index, block in enumerate(self.resblocks):
             x = self._run_hooks(index, x, context)
+            if include_input and index == 0 and hidden_states is not None:
+                hidden_states.append(x)
             x = block(x, context)
             if hidden_states is not None:
                 hidden_states.append(x)

@@ -52,8 +52,10 @@ class VisionTower(nn.Module):
     def make_context(self, batch_size: int, num_frames: int, frame_mask: Tensor | None) -> TowerContext:
         return TowerContext("vision", batch_size, num_frames, frame_mask=frame_mask)
 
-    def forward(self, frames: Tensor, frame_mask: Tensor | None = None, hidden_states: list[Tensor] | None = None) -> Tensor:
-        """Frames (B, T, 3, H, W) and mask (B, T) -> per-frame embeddings (B, T, D)."""
+    def forward(self, frames: Tensor, frame_mask: Tensor | None = None, hidden_states: list[Tensor] | None = None,
+                include_input: bool = False) -> Tensor:
+        """Frames (B, T, 3, H, W) and mask (B, T) -> per-frame embeddings (B, T, D); ``hidden_states`` and
+        ``include_input`` as ``Transformer.forward``."""
         if frames.dim() != 5:
             raise ValueError(f"expected frames of shape (B, T, 3, H, W), got {tuple(frames.shape)}")
         batch_size, num_frames = frames.shape[:2]
@@ -61,7 +63,7 @@ class VisionTower(nn.Module):
             frame_mask = torch.ones(batch_size, num_frames, dtype=torch.bool, device=frames.device)
         context = self.make_context(batch_size, num_frames, frame_mask.bool())
         x = self.embed(frames.flatten(0, 1), context)  # (B*T, 1+N, W)
-        x = self.transformer(x, context, hidden_states)
+        x = self.transformer(x, context, hidden_states, include_input)
         return self.pool(x).view(batch_size, num_frames, -1)
 
 
@@ -103,10 +105,12 @@ class TextTower(nn.Module):
             "text", token_ids.shape[0], token_mask=token_mask.bool(), pool_index=token_ids.argmax(dim=-1), causal=True
         )
 
-    def forward(self, token_ids: Tensor, token_mask: Tensor | None = None, hidden_states: list[Tensor] | None = None) -> Tensor:
-        """Token ids (B, L) (SOT ... EOT, zero padded) -> caption embeddings (B, D)."""
+    def forward(self, token_ids: Tensor, token_mask: Tensor | None = None, hidden_states: list[Tensor] | None = None,
+                include_input: bool = False) -> Tensor:
+        """Token ids (B, L) (SOT ... EOT, zero padded) -> caption embeddings (B, D); ``hidden_states`` and
+        ``include_input`` as ``Transformer.forward``."""
         context = self.make_context(token_ids, token_mask)
-        x = self.transformer(self.embed(token_ids), context, hidden_states)
+        x = self.transformer(self.embed(token_ids), context, hidden_states, include_input)
         return self.pool(x, context.pool_index)
 
 
@@ -145,22 +149,25 @@ class CLIP(nn.Module):
         frame_mask: Tensor | None = None,
         token_ids: Tensor | None = None,
         token_mask: Tensor | None = None,
+        include_input: bool = False,
     ) -> dict[str, Tensor | list[Tensor]]:
         """Embeddings plus every block's output, for side networks (as open_clip's ``forward_intermediates``).
 
         Returns ``frame_embeddings`` (B, T, D) and ``vision_hidden_states``: one (B, T, 1+N, W) per block, and/or
-        ``text_embeddings`` (B, D) and ``text_hidden_states``: one (B, L, W) per block. Call it under ``no_grad``
-        to read the frozen backbone without building a graph through it.
+        ``text_embeddings`` (B, D) and ``text_hidden_states``: one (B, L, W) per block. With ``include_input`` each
+        list starts with the first block's input (after ``ln_pre``; token plus positional embeddings), so it holds
+        layers + 1 states (UniPT's 13 on ViT-B). Call it under ``no_grad`` to read the frozen backbone without
+        building a graph through it.
         """
         out: dict[str, Tensor | list[Tensor]] = {}
         if frames is not None:
             hidden: list[Tensor] = []
-            out["frame_embeddings"] = self.visual(frames, frame_mask, hidden)
+            out["frame_embeddings"] = self.visual(frames, frame_mask, hidden, include_input)
             batch_size, num_frames = frames.shape[:2]
             out["vision_hidden_states"] = [h.view(batch_size, num_frames, *h.shape[1:]) for h in hidden]
         if token_ids is not None:
             hidden = []
-            out["text_embeddings"] = self.text(token_ids, token_mask, hidden)
+            out["text_embeddings"] = self.text(token_ids, token_mask, hidden, include_input)
             out["text_hidden_states"] = hidden
         return out
 
