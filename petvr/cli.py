@@ -160,6 +160,80 @@ def _cmd_convert(args: argparse.Namespace) -> None:
           f"{report['official_bytes']:,} bytes")
 
 
+def _add_search_commands(commands) -> None:
+    """``petvr index``, ``petvr search`` and ``petvr serve``: thin layers over ``petvr.search``."""
+    index = commands.add_parser("index", help="index a folder of videos for search (resumable, incremental)")
+    index.add_argument("folder", help="the folder of videos (searched recursively)")
+    index.add_argument("--adapter", default=None, help="adapter folder (default: the bundled default, zero-shot)")
+    index.add_argument("--out", default=None, help="the index folder (default: FOLDER/.petvr-index)")
+    index.add_argument("--segment-seconds", type=float, default=30.0,
+                       help="videos longer than this are embedded in windows of at most this length")
+    index.add_argument("--batch-videos", type=int, default=8, help="videos per committed batch")
+    index.add_argument("--workers", type=int, default=1, help="decoding processes")
+    index.add_argument("--index-kind", default="auto", choices=("auto", "flat", "sq8", "hnsw"),
+                       help="faiss index; auto: flat up to 200,000 vectors, sq8 above")
+    index.add_argument("--frame-cache", default=None, metavar="DIR",
+                       help="keep decoded frames here, so re-indexing with another adapter decodes nothing")
+    index.add_argument("--device", default="cuda" if _cuda() else "cpu", help="default: cuda when available")
+    index.set_defaults(run=_cmd_index)
+
+    search = commands.add_parser("search", help="search an index by text, image or video clip")
+    search.add_argument("index", help="an index folder (made by petvr index)")
+    search.add_argument("query", nargs="?", help="the text query (or an image / video file)")
+    search.add_argument("-k", type=int, default=10, help="how many videos to list")
+    search.add_argument("--image", help="query by this image")
+    search.add_argument("--clip", help="query by this short video clip")
+    search.add_argument("--adapter", default=None, help="the adapter (default: the one recorded in the index)")
+    search.add_argument("--json", action="store_true", help="print the result as JSON")
+    search.set_defaults(run=_cmd_search)
+
+    serve = commands.add_parser("serve", help="serve indexes over HTTP with a web page (FastAPI)")
+    serve.add_argument("indexes", nargs="+", metavar="INDEX", help="index folders, each with its own adapter")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(run=_cmd_serve)
+
+
+def _cmd_index(args: argparse.Namespace) -> None:
+    from .search import Retriever
+    from .search.indexer import build_index
+
+    retriever = Retriever.from_adapter(args.adapter, device=args.device, frame_cache=args.frame_cache)
+    report = build_index(retriever, args.folder, args.out, segment_seconds=args.segment_seconds,
+                         batch_videos=args.batch_videos, workers=args.workers, vector_kind=args.index_kind)
+    from .training.distributed import destroy_distributed, is_main_process
+
+    if is_main_process():
+        print(report.summary())
+    destroy_distributed()
+
+
+def _cmd_search(args: argparse.Namespace) -> None:
+    from .search.collection import open_collection
+
+    collection = open_collection(args.index, args.adapter)
+    result = collection.search(args.query, args.k, image=args.image, video=args.clip)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    if result.note:
+        print(f"note: {result.note}", file=sys.stderr)
+    for hit in result:
+        print(f"{hit.rank:>3}. {hit.score:7.4f}  {hit.path}  [{_clock(hit.start)}-{_clock(hit.end)}] "
+              f"best at {_clock(hit.time)}")
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(seconds, 60)
+    return f"{int(minutes)}:{seconds:04.1f}"
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from .search.server import serve
+
+    serve(args.indexes, host=args.host, port=args.port)
+
+
 def _cuda() -> bool:
     import torch
 
@@ -170,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petvr", description="Parameter-efficient text-video retrieval on CLIP.")
     parser.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_search_commands(commands)
 
     pretrain = commands.add_parser("pretrain", help="pretrain the small embedded CLIP on synthetic image-captions")
     pretrain.add_argument("--steps", type=int, default=2500)

@@ -1,0 +1,207 @@
+"""petvr serve: the FastAPI app over two collections (one backbone loaded once), range requests, path traversal
+refused, 404 for a missing file, 422 for an empty query, and a bounded concurrent load test without errors."""
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from petvr.search import Retriever  # noqa: E402
+from petvr.search.server import create_app, open_collections  # noqa: E402
+from petvr.search.store import STORE_NAME  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def served(world, tmp_path_factory):
+    """Two collections of the world (the studio MSR-VTT test videos and its ActivityNet videos), each indexed with
+    the bundled default, opened by one server; plus a secret file beside the first root."""
+    base = tmp_path_factory.mktemp("served")
+    studio = world / "world" / "studio"
+    roots = {"clips": base / "clips", "long": base / "long"}
+    shutil.copytree(studio / "msrvtt" / "videos", roots["clips"])
+    shutil.copytree(studio / "activitynet" / "videos", roots["long"])
+    (base / "secret.txt").write_text("not yours")
+    retriever = Retriever.from_adapter()
+    indexes = []
+    for name, root in roots.items():
+        retriever.index(root, base / f"{name}.index", progress=False, segment_seconds=2.0)
+        indexes.append(base / f"{name}.index")
+    collections = open_collections(indexes)
+    client = TestClient(create_app(collections))
+    return {"client": client, "collections": collections, "base": base, "roots": roots,
+            "captions": _captions(studio / "msrvtt")}
+
+
+def _captions(msrvtt: Path) -> dict[str, str]:
+    data = json.loads((msrvtt / "MSRVTT_data.json").read_text())
+    captions = {}
+    for sentence in data["sentences"]:
+        captions.setdefault(sentence["video_id"], sentence["caption"])
+    return captions
+
+
+def test_collections_share_one_backbone_and_health(served):
+    collections = served["collections"]
+    assert list(collections) == ["clips", "long"]
+    first, second = (collections[name].retriever.model.backbone for name in ("clips", "long"))
+    a = dict(first.named_parameters())["text.token_embedding.weight"]
+    b = dict(second.named_parameters())["text.token_embedding.weight"]
+    assert a.data_ptr() == b.data_ptr()  # one backbone in memory, two adapters' models on it
+    client = served["client"]
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["collections"] == {"clips": 18, "long": 5}
+    listed = client.get("/collections").json()
+    assert [entry["name"] for entry in listed] == ["clips", "long"]
+    docs = client.get("/openapi.json").json()
+    assert {"/search", "/videos/{video_id}", "/thumbnails/{video_id}", "/health"} <= set(docs["paths"])
+    assert client.get("/docs").status_code == 200
+
+
+def test_search_returns_ranked_hits_with_urls(served):
+    client = served["client"]
+    video_id, caption = next(iter(served["captions"].items()))
+    answer = client.get("/search", params={"q": caption, "k": 5, "collection": "clips"}).json()
+    assert answer["collection"] == "clips" and len(answer["hits"]) == 5
+    assert [hit["rank"] for hit in answer["hits"]] == [1, 2, 3, 4, 5]
+    assert "file" not in answer["hits"][0]
+    assert f"{video_id}.mp4" in [hit["path"] for hit in answer["hits"]]
+    hit = answer["hits"][0]
+    thumbnail = client.get(hit["thumbnail_url"])
+    assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
+    assert thumbnail.content[:2] == b"\xff\xd8"
+    like = client.get("/search", params={"like": hit["video_id"], "k": 1, "collection": "clips"}).json()
+    assert like["kind"] == "video" and like["hits"][0]["video_id"] == hit["video_id"]
+    long_answer = client.get("/search", params={"q": "a red circle moves left", "collection": "long"}).json()
+    assert any(hit["end"] - hit["start"] <= 2.0 + 1e-6 < hit["duration"] for hit in long_answer["hits"])
+
+
+def test_bad_queries_are_422_and_unknown_things_404(served):
+    client = served["client"]
+    assert client.get("/search", params={"q": ""}).status_code == 422
+    assert client.get("/search", params={"q": "   "}).status_code == 422
+    assert client.get("/search").status_code == 422
+    assert client.get("/search", params={"q": "a", "k": 0}).status_code == 422
+    assert client.get("/search", params={"q": "a", "collection": "nope"}).status_code == 404
+    assert client.get("/videos/99999").status_code == 404
+    assert client.get("/thumbnails/99999").status_code == 404
+    answer = client.get("/search", params={"q": "a red circle moves left " * 20}).json()
+    assert "truncated" in answer["note"]
+
+
+def test_videos_stream_with_range_requests(served):
+    client = served["client"]
+    path = served["roots"]["clips"] / "video0.mp4"
+    video_id = served["collections"]["clips"].store.connection.execute(
+        "SELECT id FROM videos WHERE path = 'video0.mp4'").fetchone()[0]
+    whole = client.get(f"/videos/{video_id}", params={"collection": "clips"})
+    assert whole.status_code == 200 and whole.content == path.read_bytes()
+    assert whole.headers["content-type"] == "video/mp4" and whole.headers["accept-ranges"] == "bytes"
+    part = client.get(f"/videos/{video_id}?collection=clips", headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == path.read_bytes()[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{path.stat().st_size}"
+
+
+def test_path_traversal_and_missing_files_are_refused(served, tmp_path):
+    client = served["client"]
+    base, root = served["base"], served["roots"]["clips"]
+    for attempt in ("../secret.txt", "..%2Fsecret.txt", "%2e%2e/%2e%2e/secret.txt"):
+        response = client.get(f"/videos/{attempt}")
+        assert response.status_code in (404, 422) and b"not yours" not in response.content
+    # Rows that point outside the root (a tampered store, a symlink leading out) are never served.
+    store_path = base / "clips.index" / STORE_NAME
+    with sqlite3.connect(store_path) as connection:
+        connection.execute("INSERT INTO videos(path, size, mtime_ns, fingerprint, duration) "
+                           "VALUES ('../secret.txt', 9, 0, 'x', 1.0)")
+        outside = connection.execute("SELECT id FROM videos WHERE path = '../secret.txt'").fetchone()[0]
+        (root / "link.mp4").symlink_to(base / "secret.txt")
+        connection.execute("INSERT INTO videos(path, size, mtime_ns, fingerprint, duration) "
+                           "VALUES ('link.mp4', 9, 0, 'y', 1.0)")
+        linked = connection.execute("SELECT id FROM videos WHERE path = 'link.mp4'").fetchone()[0]
+    try:
+        for video_id in (outside, linked):
+            for url in (f"/videos/{video_id}?collection=clips", f"/thumbnails/{video_id}?collection=clips"):
+                response = client.get(url)
+                assert response.status_code == 404 and b"not yours" not in response.content
+        # A file deleted after indexing: 404, never a 500.
+        moved = root / "video1.mp4"
+        moved.rename(tmp_path / "video1.mp4")
+        missing = served["collections"]["clips"].store.connection.execute(
+            "SELECT id FROM videos WHERE path = 'video1.mp4'").fetchone()[0]
+        try:
+            assert client.get(f"/videos/{missing}?collection=clips").status_code == 404
+            assert client.get(f"/thumbnails/{missing}?collection=clips").status_code == 404
+        finally:
+            (tmp_path / "video1.mp4").rename(moved)
+    finally:
+        with sqlite3.connect(store_path) as connection:
+            connection.execute("DELETE FROM videos WHERE id IN (?, ?)", (outside, linked))
+        (root / "link.mp4").unlink()
+
+
+def test_web_page_is_served(served):
+    page = served["client"].get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for element in ('id="query"', 'id="collection"', 'id="results"', 'id="player"'):
+        assert element in page.text
+
+
+@pytest.fixture(scope="module")
+def live_server(served):
+    """The app on a real local port (uvicorn in a thread), for the load test and the browser."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(served["collections"]), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_concurrent_load_returns_no_errors(served, live_server):
+    import httpx
+
+    captions = list(served["captions"].values())
+    ids = [row[0] for row in served["collections"]["clips"].store.connection.execute("SELECT id FROM videos")]
+    requests = []
+    for number in range(240):  # bounded: 240 requests, 16 at a time
+        kind = number % 4
+        if kind in (0, 1):
+            requests.append(("/search", {"q": captions[number % len(captions)], "k": "10",
+                                         "collection": "clips" if kind == 0 else "long"}, {}))
+        elif kind == 2:
+            requests.append((f"/thumbnails/{ids[number % len(ids)]}", {"collection": "clips", "t": "0.5"}, {}))
+        else:
+            requests.append((f"/videos/{ids[number % len(ids)]}", {"collection": "clips"},
+                             {"Range": "bytes=0-1023"}))
+
+    with httpx.Client(base_url=live_server, timeout=60) as client:
+        def fetch(request):
+            path, params, headers = request
+            response = client.get(path, params=params, headers=headers)
+            return response.status_code, path
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            outcomes = list(pool.map(fetch, requests))
+    failures = [(status, path) for status, path in outcomes if status not in (200, 206)]
+    assert not failures, f"{len(failures)} of {len(outcomes)} requests failed: {failures[:5]}"
+    assert sum(status == 206 for status, _ in outcomes) == 60
