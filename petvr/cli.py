@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipes.set_defaults(run=_cmd_recipes)
 
     convert = commands.add_parser("convert", help="convert a checkpoint of the official code into an adapter folder")
-    convert.add_argument("method", choices=["clip4clip", "cross_modal_adapter", "mv_adapter", "unipt"])
+    convert.add_argument("method", choices=["clip4clip", "cross_modal_adapter", "mv_adapter", "unipt", "dgl"])
     convert.add_argument("checkpoint")
     convert.add_argument("out_folder")
     convert.add_argument("--backbone", default=None, help="the base backbone's model config name")

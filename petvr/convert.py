@@ -25,6 +25,14 @@ Official layouts (key names read from the repositories' model code; the wrapper 
   calibration ``conv_rf_c.{g,a,b}``; the CMT factors are ``clip.prompt.K``. Backbone weights the file lacks are the
   base's (the code saves what it trained: the CLIP biases, when ``train_backbone_biases``).
 
+- DGL (``{"state_dict": model.state_dict(), ...}``, DDP's ``module.`` prefix): the prompt modules on the CLIP module
+  beside its OpenAI keys: ``clip.visual.prompt_embeddings`` (1, G, W_v, the global prompts); the Transformer variant's
+  ``clip.unified_prompt_embedding.weight`` (P, layers * W_v), ``clip.PromptTransformer.resblocks.0.*`` (an OpenAI
+  block) and ``clip.unified_prompt_mlp.{c_fc,c_proj}``; the Linear variant's ``clip.visual_prompt_embedding``
+  (1, k, layers * W_v) and ``clip.{prefix,postfix}_text_prompt_proj_layer``; ``clip.visual.position_ids`` (an arange
+  buffer) is dropped. The converted model keeps the released postfix placement (after the padding), so it scores as
+  the official forward does.
+
 The method config is read from the file where it shows (head, head depth, 3D patch, bottleneck and shared widths;
 CLIP4Clip's ``freeze_layer_num`` as the first block that differs from the base backbone; MV-Adapter's frames and words
 from its positional tables, its tied layers, calibration, ``lnin`` and trained biases) and ``overrides`` win.
@@ -50,7 +58,7 @@ from .backbone.checkpoints import (RawCheckpoint, load_backbone, save_backbone, 
 
 BACKBONE_FILE = "backbone.safetensors"
 CONVERSION_FILE = "conversion.json"
-OFFICIAL_METHODS = ("clip4clip", "cross_modal_adapter", "mv_adapter", "unipt")
+OFFICIAL_METHODS = ("clip4clip", "cross_modal_adapter", "mv_adapter", "unipt", "dgl")
 
 # CLIP4Clip's similarity heads (also in Cross-Modal Adapter's wrapper): official prefix -> petvr model prefix.
 HEAD_RENAMES = (
@@ -288,6 +296,57 @@ MAPPINGS: dict[str, Callable] = {"clip4clip": map_clip4clip, "cross_modal_adapte
                                  "mv_adapter": map_mv_adapter, "unipt": map_unipt}
 # Layouts whose files hold only the weights their code trained: the backbone weights they lack are the base's.
 TRAINED_ONLY_LAYOUTS = ("mv_adapter",)
+
+# DGL: prompt modules on the CLIP module (official prefix -> petvr model prefix); the two prompt tables are stored
+# (rows, layers * W_v) and become (layers, rows, W_v).
+DGL_RENAMES = (
+    ("clip.PromptTransformer.resblocks.0.", "method.latent.block."),
+    ("clip.unified_prompt_mlp.", "method.latent.text_mlp."),
+    ("clip.prefix_text_prompt_proj_layer.", "method.latent.prefix."),
+    ("clip.postfix_text_prompt_proj_layer.", "method.latent.postfix."),
+)
+DGL_TABLES = {"clip.unified_prompt_embedding.weight": "method.latent.table",
+              "clip.visual_prompt_embedding": "method.latent.frame_prompts"}
+DGL_TEXT_PROMPTS, DGL_LOCAL_PROMPTS = 8, 4  # the released defaults; a Transformer-variant file does not show them
+
+
+def map_dgl(state: dict[str, Tensor]):
+    conv = state.get("clip.visual.conv1.weight")
+    width = conv.shape[0] if conv is not None else None
+
+    def prompt_modules(key: str, value: Tensor, method: dict) -> bool:
+        if key == "clip.visual.position_ids":
+            return True
+        if key == "clip.visual.prompt_embeddings":
+            method["method.global_prompts"] = value.reshape(-1, value.shape[-1]).float()
+            return True
+        if key in DGL_TABLES and width is not None and value.shape[-1] % width == 0:
+            rows = value.reshape(-1, value.shape[-1])
+            method[DGL_TABLES[key]] = rows.view(rows.shape[0], -1, width).transpose(0, 1).float()
+            return True
+        renamed = next((ours + key.removeprefix(official) for official, ours in DGL_RENAMES if key.startswith(official)),
+                       None)
+        if renamed is not None:
+            method[renamed] = value.float()
+        return renamed is not None
+
+    backbone, method, config, unmapped = _split_common(state, prompt_modules)
+    config.update(sim_header="meanP", postfix_position="after_padding")
+    table = state.get("clip.unified_prompt_embedding.weight")
+    frame_prompts = state.get("clip.visual_prompt_embedding")
+    if table is not None:
+        config["shared_latent_space"] = "transformer"
+        config["num_frames"] = max(1, (table.shape[0] - DGL_TEXT_PROMPTS) // DGL_LOCAL_PROMPTS)
+    elif frame_prompts is not None:
+        config.update(shared_latent_space="linear", local_prompts=frame_prompts.shape[-2],
+                      text_prompts=2 * frame_prompts.shape[-2])
+    global_prompts = state.get("clip.visual.prompt_embeddings")
+    if global_prompts is not None:
+        config["global_prompts"] = global_prompts.shape[-2]
+    return backbone, method, config, unmapped
+
+
+MAPPINGS["dgl"] = map_dgl
 
 
 # ---------------------------------------------------------------------------------------------------------------------
