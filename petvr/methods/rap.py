@@ -201,9 +201,11 @@ class AsynchronousSelfAttention(nn.Module):
     def refine(self, indices: Tensor, tokens: Tensor, frame_mask: Tensor) -> Tensor:
         """Indices (Q, Nv, T, k), tokens (Nv, T, N, 3d), frame mask (Nv, T) -> refinements (Q, Nv, D)."""
         num_queries, num_videos, num_frames, k = indices.shape
-        width = tokens.shape[-1]
-        source = tokens[None].expand(num_queries, -1, -1, -1, -1)
-        chosen = source.gather(3, indices[..., None].expand(-1, -1, -1, -1, width))  # (Q, Nv, T, k, 3d)
+        num_patches, width = tokens.shape[2:]
+        # rows of the flattened (Nv*T*N, 3d) tokens: indexing a view, so the backward pass scatters into (Nv, T, N)
+        # only, never into a (Q, Nv, T, N) copy
+        rows = torch.arange(num_videos * num_frames, device=indices.device).view(num_videos, num_frames, 1)
+        chosen = tokens.reshape(-1, width)[indices + rows * num_patches]  # (Q, Nv, T, k, 3d)
         chosen = chosen.reshape(num_queries * num_videos, num_frames * k, 3, self.heads, width // (3 * self.heads))
         q, key, value = chosen.permute(2, 0, 3, 1, 4)  # each (Q*Nv, heads, T*k, d/heads)
         valid = frame_mask[None, :, :, None].expand(num_queries, -1, -1, k).reshape(num_queries * num_videos, -1)
