@@ -205,3 +205,58 @@ def test_concurrent_load_returns_no_errors(served, live_server):
     failures = [(status, path) for status, path in outcomes if status not in (200, 206)]
     assert not failures, f"{len(failures)} of {len(outcomes)} requests failed: {failures[:5]}"
     assert sum(status == 206 for status, _ in outcomes) == 60
+
+
+def _chromium():
+    """A headless Chromium driven by selenium through Debian's chromedriver, or a skip saying how to install it."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+    browser, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if browser is None or driver is None:
+        pytest.skip("Chromium and chromedriver are not installed; `make test` installs them from Debian's packages "
+                    "(apt-get install chromium chromium-driver)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,900", "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_web_page_in_headless_chromium(served, live_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    caption = served["captions"]["video3"]
+    expected = served["client"].get("/search", params={"q": caption, "k": 12, "collection": "clips"}).json()["hits"]
+    browser = _chromium()
+    try:
+        browser.get(live_server + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda b: len(Select(b.find_element(By.ID, "collection")).options) == 2)
+        Select(browser.find_element(By.ID, "collection")).select_by_value("clips")
+        box = browser.find_element(By.ID, "query")
+        box.send_keys(caption)
+        box.send_keys(Keys.ENTER)
+        cards = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#results .card") or False)
+        assert len(cards) == len(expected)
+        assert [int(card.get_attribute("data-video-id")) for card in cards] == [hit["video_id"] for hit in expected]
+        first = expected[0]
+        thumbnail = cards[0].find_element(By.CSS_SELECTOR, "img.thumbnail")
+        assert thumbnail.get_attribute("src").endswith(first["thumbnail_url"])
+        wait.until(lambda b: b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", thumbnail))
+        assert first["path"] in cards[0].text
+        cards[0].click()
+        player = browser.find_element(By.ID, "player")
+        wait.until(lambda b: player.get_attribute("src"))
+        start = f"{first['time']:.2f}"
+        assert player.get_attribute("src") == f"{live_server}{first['video_url']}#t={start}"
+        assert browser.find_element(By.ID, "viewer").is_displayed()
+        # The browser fetched the video (range requests) and the player sits at the hit's time.
+        wait.until(lambda b: b.execute_script("return arguments[0].readyState", player) >= 1)
+        position = browser.execute_script("return arguments[0].currentTime", player)
+        assert position == pytest.approx(first["time"], abs=0.05)
+    finally:
+        browser.quit()
