@@ -244,3 +244,17 @@ def test_the_teachers_gathered_frames_score_as_whole_clips(tmp_path, write_numbe
     for fast_scores, slow_scores in zip(fast, slow):
         assert fast_scores == pytest.approx(slow_scores, abs=1e-5)
     assert len({round(value, 6) for value in fast[0]}) > 1  # the candidates differ
+
+
+def test_the_dataset_recipes_train_from_timestamps_and_validate_on_annotated_clips():
+    from petvr.training.recipe import list_recipes, load_recipe
+
+    names = [name for name in list_recipes() if "editing" in name]
+    assert {"youcook2/editing_clip4clip", "didemo/editing_clip4clip", "activitynet/editing_clip4clip",
+            "editing/clip4clip_meanP", "editing/adapter"} <= set(names)
+    for name in names:
+        recipe = load_recipe(name)
+        train, test = recipe["data"]["train"], recipe["data"]["test"]
+        assert train["timestamps"] == "uniform" and train["mode"] == test["mode"] == "sentence", name
+        assert "timestamps" not in test and "editing" in recipe, name
+    assert not any(name.startswith("synthetic/") for name in names)  # not rows of the methods table

@@ -130,7 +130,8 @@ class EditingRun:
         atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
 
     # -- pieces --
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
+        """Read the splits, fill the frame cache with whole videos, build the model and the teacher's scorer."""
         recipe = self.recipe
         seed_everything(self.train_config.seed)
         shape_only = create_backbone(recipe["backbone"]["name"], device="meta")
@@ -194,7 +195,7 @@ class EditingRun:
             for folder in [self.run_dir / TEACHER, self.run_dir / "warmup", *self.run_dir.glob("round-*")]:
                 shutil.rmtree(folder, ignore_errors=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._prepare()
+        self.prepare()
         state = self._state()
         written = read_clip_rounds(self.run_dir / CLIPS_FILE)
         clips = initial_clips(self.videos, self.config)

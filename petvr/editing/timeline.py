@@ -23,15 +23,15 @@ def write_timeline(rounds: dict[int, dict[tuple[str, int], dict]], path: str | P
         [0.15 + 0.7 * index / max(1, len(numbers) - 1) for index in range(len(numbers))])
     figure, axes = plt.subplots(len(video_ids), 1, figsize=(10, 1.0 + 0.9 * sum(
         1 + max(number for video, number in rounds[0] if video == video_id) for video_id in video_ids)), squeeze=False)
-    band = 0.8 / (len(numbers) + 1)
+    band = 0.7 / (len(numbers) + 1)
     for axis, video_id in zip(axes[:, 0], video_ids):
         captions = sorted(number for video, number in rounds[0] if video == video_id)
         for row, number in enumerate(captions):
             first = rounds[0][(video_id, number)]
-            top = row + 0.4
+            top = row + 0.1  # the y axis points down: ground truth on top, then the initial clip, then each round
             if first.get("reference") is not None:
                 start, end = first["reference"]
-                axis.broken_barh([(start, end - start)], (top - band, band), color="0.55",
+                axis.broken_barh([(start, end - start)], (top, band * 0.9), color="0.55",
                                  label="ground truth" if row == 0 else None)
             for index, round_number in enumerate(numbers):
                 clip = rounds[round_number].get((video_id, number))
@@ -39,10 +39,10 @@ def write_timeline(rounds: dict[int, dict[tuple[str, int], dict]], path: str | P
                     continue
                 label = ("initial" if round_number == 0 else f"round {round_number}") if row == 0 else None
                 axis.broken_barh([(clip["start"], clip["end"] - clip["start"])],
-                                 (top - band * (index + 2), band * 0.9), color=colours[index], label=label)
-            axis.plot([first["timestamp"]], [top - 0.4], marker="v", color="crimson", markersize=7,
+                                 (top + band * (index + 1), band * 0.9), color=colours[index], label=label)
+            axis.plot([first["timestamp"]], [top + 0.8], marker="^", color="crimson", markersize=7,
                       label="timestamp" if row == 0 else None, linestyle="none")
-        axis.set_yticks([row + 0.4 - 0.4 for row in range(len(captions))])
+        axis.set_yticks([row + 0.5 for row in range(len(captions))])
         axis.set_yticklabels([_short(rounds[0][(video_id, number)]["caption"]) for number in captions], fontsize=7)
         axis.invert_yaxis()
         axis.set_title(video_id, fontsize=9, loc="left")
