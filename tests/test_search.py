@@ -141,6 +141,20 @@ def test_incremental_reindex_after_adding_changing_deleting_and_touching(retriev
     assert (third.embedded, third.unchanged) == (0, 10)
 
 
+def test_above_the_size_threshold_the_index_is_approximate(retriever, videos, tmp_path, msrvtt):
+    from petvr.search.vectors import VECTORS_DIRNAME
+
+    report = retriever.index(videos, tmp_path / "index", approximate_above=5, progress=False)
+    assert report.vector_kind == "sq8"
+    info = json.loads((tmp_path / "index" / VECTORS_DIRNAME / "info.json").read_text())
+    assert info == {"kind": "sq8", "generation": Store(tmp_path / "index" / STORE_NAME).generation, "count": 10}
+    for path in sorted(videos.glob("*.mp4"))[:3]:
+        assert retriever.search(path, k=1)[0].path == path.name
+    hnsw = retriever.index(videos, tmp_path / "hnsw", vector_kind="hnsw", progress=False)
+    assert hnsw.vector_kind == "hnsw" and retriever.collection.kind == "hnsw"
+    assert len(retriever.search("a red circle moves left", k=10)) == 10
+
+
 def test_unreadable_files_are_reported_and_never_stop_the_run(retriever, videos, tmp_path):
     (videos / "broken.mp4").write_bytes(b"\x00\x01 this is not a video " * 100)
     (videos / "empty.mkv").write_bytes(b"")

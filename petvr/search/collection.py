@@ -69,8 +69,9 @@ class SearchResult:
 class Collection:
     """``Collection.open(index_dir, retriever)``; thread-safe ``search`` (one SQLite connection per thread)."""
 
-    def __init__(self, folder: Path, retriever, index, kind: str, meta: dict):
-        self.folder, self.retriever, self.index, self.kind, self.meta = folder, retriever, index, kind, meta
+    def __init__(self, folder: Path, retriever, vectors, meta: dict):
+        self.folder, self.retriever, self.vectors, self.meta = folder, retriever, vectors, meta
+        self.kind = vectors.kind
         self.root = Path(meta["root"])
         self.name = self.root.name
         self._local = threading.local()
@@ -88,9 +89,9 @@ class Collection:
                 raise ValueError(f"{folder}: an index that was never completed once (no identity recorded); run "
                                  "`petvr index` again")
             check_identity(store, retriever.identity(), Path(meta["root"]), meta["segment_seconds"])
-            index, kind = refresh_vectors(folder, store, retriever.dim, meta.get("vector_kind", "auto"),
-                                          meta.get("approximate_above", APPROXIMATE_ABOVE))
-        return cls(folder, retriever, index, kind, meta)
+            vectors = refresh_vectors(folder, store, retriever.dim, meta.get("vector_kind", "auto"),
+                                      meta.get("approximate_above", APPROXIMATE_ABOVE))
+        return cls(folder, retriever, vectors, meta)
 
     @property
     def store(self) -> Store:
@@ -163,13 +164,13 @@ class Collection:
             with self._model_lock:
                 embed = self.retriever.embed_images if kind == "image" else self.retriever.embed_videos
                 vector = embed([value])
-        total = int(self.index.ntotal)
+        total = self.vectors.ntotal
         if total == 0:
             return result
         rerank = self.retriever.pairwise and kind == "text"
         fetch = min(total, max(4 * k, SHORTLIST if rerank else k + 16))
         while True:
-            scores, ids = self.index.search(np.ascontiguousarray(vector, dtype=np.float32), fetch)
+            scores, ids = self.vectors.search(vector, fetch)
             pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
             segments = self.store.segments([i for _, i in pairs], self.retriever.dim)
             videos = {segments[i].video_id for _, i in pairs if i in segments}

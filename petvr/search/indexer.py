@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..atomic import remove_unfinished_writes
 from ..data.video import probe_video
 from ..errors import DataError
 from ..training import distributed
@@ -194,6 +195,7 @@ def build_index(retriever, folder: str | Path, out: str | Path | None = None, *,
 
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        remove_unfinished_writes(out)  # a faiss folder whose replacement a killed run cut short
         with Store(out / STORE_NAME, create=True) as store:
             check_identity(store, identity, root, segment_seconds)
             store.set_meta({"identity": identity, "root": str(root), "segment_seconds": float(segment_seconds),
@@ -248,8 +250,7 @@ def build_index(retriever, folder: str | Path, out: str | Path | None = None, *,
         if rank == 0:
             if world > 1:
                 merge_shards(store, shard_dir)
-            index, kind = refresh_vectors(out, store, retriever.dim, vector_kind, approximate_above)
-            report.vector_kind = kind
+            report.vector_kind = refresh_vectors(out, store, retriever.dim, vector_kind, approximate_above).kind
         distributed.barrier()
         report.videos = store.count("videos")
         report.segments = store.count("segments")

@@ -11,9 +11,10 @@ Kinds:
 - ``hnsw``: ``IndexHNSWFlat`` (M = 32); sub-linear, but on random vectors it needs ``efSearch`` near 1,000 for recall
   0.95 and takes minutes to build a million vectors on two cores; offered for collections whose embeddings cluster.
 
-Every kind is wrapped in ``IndexIDMap2`` so faiss ids are the store's segment ids. The file is written atomically
-(``petvr.atomic``) and records the store generation it was built from; a stale or missing file is rebuilt from the
-store, which is the source of truth.
+faiss positions are 0..n-1; ``VectorIndex.ids`` maps them to the store's segment ids (an ``IndexIDMap`` would do the
+same but opens an OpenMP region on every search, which costs milliseconds on a busy machine). The folder
+``vectors/`` (faiss file, ids, the store generation it was built from) is written atomically (``petvr.atomic``); a
+stale or missing one is rebuilt from the store, which is the source of truth.
 """
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write, atomic_write_json
+from ..atomic import atomic_write_folder
 from .store import Store
 
-VECTORS_NAME = "vectors.faiss"
-VECTORS_INFO = "vectors.json"
+VECTORS_DIRNAME = "vectors"
+VECTORS_NAME = "index.faiss"
+VECTORS_IDS = "ids.npy"
+VECTORS_INFO = "info.json"
 KINDS = ("auto", "flat", "sq8", "hnsw")
 APPROXIMATE_ABOVE = 200_000
 """Above this many vectors, ``kind="auto"`` builds the approximate index (``APPROXIMATE_KIND``) instead of flat."""
@@ -50,70 +53,96 @@ def choose_kind(count: int, kind: str = "auto", approximate_above: int = APPROXI
     return APPROXIMATE_KIND if count > approximate_above else "flat"
 
 
+class VectorIndex:
+    """A faiss index over unit vectors (inner product) and the segment id of each of its rows."""
+
+    def __init__(self, index, ids: np.ndarray, kind: str):
+        self.index, self.ids, self.kind = index, np.asarray(ids, dtype=np.int64), kind
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores (n, k), segment ids (n, k))``; -1 where fewer than ``k`` rows exist."""
+        scores, positions = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return scores, np.where(positions >= 0, self.ids[np.maximum(positions, 0)], -1)
+
+
 def make_index(kind: str, dim: int):
-    """An empty ``IndexIDMap2`` of ``kind`` (not yet trained)."""
+    """An empty faiss index of ``kind`` (not yet trained)."""
     faiss = _faiss()
     if kind == "flat":
-        inner = faiss.IndexFlatIP(dim)
-    elif kind == "sq8":
-        inner = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-    elif kind == "hnsw":
-        inner = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        inner.hnsw.efConstruction = 64
-        inner.hnsw.efSearch = HNSW_EF_SEARCH
-    else:
-        raise ValueError(f"unknown vector index kind {kind!r}")
-    return faiss.IndexIDMap2(inner)
+        return faiss.IndexFlatIP(dim)
+    if kind == "sq8":
+        return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 64
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+        return index
+    raise ValueError(f"unknown vector index kind {kind!r}")
 
 
-def train_and_add(index, ids: np.ndarray, vectors: np.ndarray) -> None:
-    """Train ``index`` on (a sample of) ``vectors`` when it needs training, then add them under ``ids``."""
+def train_and_add(index, vectors: np.ndarray) -> None:
+    """Train ``index`` on (a sample of) ``vectors`` when it needs training, then add them (rows 0..n-1)."""
     if not index.is_trained:
         sample = vectors if len(vectors) <= TRAIN_SAMPLE else vectors[
             np.random.default_rng(0).choice(len(vectors), TRAIN_SAMPLE, replace=False)]
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
-    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
 
 
-def build_from_store(store: Store, dim: int, kind: str = "auto", approximate_above: int = APPROXIMATE_ABOVE):
-    """Every segment vector of ``store`` in a new faiss index; returns ``(index, kind)``."""
+def build_from_store(store: Store, dim: int, kind: str = "auto",
+                     approximate_above: int = APPROXIMATE_ABOVE) -> VectorIndex:
+    """Every segment vector of ``store`` in a new faiss index."""
     kind = choose_kind(store.count("segments"), kind, approximate_above)
     index = make_index(kind, dim)
     chunks = list(store.vectors(dim))
+    ids = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, np.int64)
     if chunks:
-        ids = np.concatenate([c[0] for c in chunks])
-        vectors = np.concatenate([c[1] for c in chunks])
-        train_and_add(index, ids, vectors)
-    return index, kind
+        train_and_add(index, np.concatenate([c[1] for c in chunks]))
+    return VectorIndex(index, ids, kind)
 
 
-def write_vectors(folder: Path, index, kind: str, generation: int) -> None:
+def write_vectors(folder: Path, vectors: VectorIndex, generation: int) -> None:
+    """``folder/vectors/``: the faiss file, the ids and what they were built from, replaced as one."""
     faiss = _faiss()
-    atomic_write(folder / VECTORS_NAME, lambda tmp: faiss.write_index(index, str(tmp)))
-    atomic_write_json(folder / VECTORS_INFO, {"kind": kind, "generation": generation, "count": int(index.ntotal)})
+
+    def write(tmp: Path) -> None:
+        faiss.write_index(vectors.index, str(tmp / VECTORS_NAME))
+        np.save(tmp / VECTORS_IDS, vectors.ids)
+        (tmp / VECTORS_INFO).write_text(json.dumps({"kind": vectors.kind, "generation": generation,
+                                                    "count": vectors.ntotal}))
+
+    atomic_write_folder(folder / VECTORS_DIRNAME, write)
 
 
-def read_vectors(folder: Path, generation: int):
+def read_vectors(folder: Path, generation: int) -> VectorIndex | None:
     """The saved index if it was built from store ``generation``, else None (then rebuild)."""
+    saved = folder / VECTORS_DIRNAME
     try:
-        info = json.loads((folder / VECTORS_INFO).read_text())
+        info = json.loads((saved / VECTORS_INFO).read_text())
         if info.get("generation") != generation:
             return None
-        index = _faiss().read_index(str(folder / VECTORS_NAME))
+        index = _faiss().read_index(str(saved / VECTORS_NAME))
+        ids = np.load(saved / VECTORS_IDS)
     except (OSError, ValueError, RuntimeError):
         return None
+    if len(ids) != index.ntotal:
+        return None
     if info.get("kind") == "hnsw":
-        _faiss().downcast_index(index.index).hnsw.efSearch = HNSW_EF_SEARCH
-    return index, info.get("kind")
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    return VectorIndex(index, ids, info.get("kind"))
 
 
 def refresh_vectors(folder: Path, store: Store, dim: int, kind: str = "auto",
-                    approximate_above: int = APPROXIMATE_ABOVE):
+                    approximate_above: int = APPROXIMATE_ABOVE) -> VectorIndex:
     """The faiss index of ``store`` as it is now: the saved one when current, else rebuilt and saved."""
     generation = store.generation
     found = read_vectors(folder, generation)
-    if found is not None and (kind == "auto" or found[1] == kind):
+    if found is not None and (kind == "auto" or found.kind == kind):
         return found
-    index, kind = build_from_store(store, dim, kind, approximate_above)
-    write_vectors(folder, index, kind, generation)
-    return index, kind
+    vectors = build_from_store(store, dim, kind, approximate_above)
+    write_vectors(folder, vectors, generation)
+    return vectors
