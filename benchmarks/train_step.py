@@ -27,7 +27,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _measure(args: argparse.Namespace, method: str, method_config: dict, queue: mp.Queue) -> None:
+def build_step(args: argparse.Namespace, method: str, method_config: dict):
+    """The model of ``method`` on a random backbone of ``args.model`` and one training step on a random batch of
+    ``args.batch`` videos x ``args.frames`` frames: returns (model, step), ``step()`` running forward, backward and
+    the optimizer. Shared by ``measure_step`` and ``benchmarks/memory.py``'s profile."""
     from petvr.backbone import create_backbone
     from petvr.methods import RetrievalModel
     from petvr.training.trainer import ContrastiveObjective
@@ -60,6 +63,12 @@ def _measure(args: argparse.Namespace, method: str, method_config: dict, queue: 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return model, step
+
+
+def _measure(args: argparse.Namespace, method: str, method_config: dict, queue: mp.Queue) -> None:
+    model, step = build_step(args, method, method_config)
+    device = torch.device(args.device)
     baseline_rss = _peak_rss_mb()
     step()  # warm-up
     if device.type == "cuda":
@@ -78,11 +87,12 @@ def _measure(args: argparse.Namespace, method: str, method_config: dict, queue: 
                "trainable": model.parameter_report()["trainable"]})
 
 
-def measure_step(args: argparse.Namespace, method: str, method_config: dict) -> dict:
-    """Median seconds per training step, peak memory and trainable count of one method, in a child process."""
+def measure_step(args: argparse.Namespace, method: str, method_config: dict, target=None) -> dict:
+    """Median seconds per training step, peak memory and trainable count of one method, in a child process.
+    ``target(args, method, method_config, queue)`` (a module-level function) replaces the measurement."""
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_measure, args=(args, method, method_config, queue))
+    process = context.Process(target=target or _measure, args=(args, method, method_config, queue))
     process.start()
     while True:
         try:

@@ -67,7 +67,12 @@ class UniPTConfig(MethodConfig):
 
 class SideNetwork(nn.Module):
     """One tower's parallel network: (hidden states [(N, S, W_l)] * L+1, frozen embedding (N, D), token mask (N, S)
-    or None, identity positions (N,)) -> refined embedding (N, D)."""
+    or None, identity positions (N,)) -> refined embedding (N, D).
+
+    The hidden states are consumed: each is taken out of the list and put through its ReLU in place (after the cast to
+    the side network's dtype, a copy only when the frozen pass ran in another dtype), so the frozen pass's states and
+    the ReLU outputs that the projections keep for backward are one set of tensors, not two.
+    """
 
     def __init__(self, hidden_widths: list[int], embed_dim: int, width: int):
         super().__init__()
@@ -84,8 +89,9 @@ class SideNetwork(nn.Module):
         rows = torch.arange(embedding.shape[0], device=embedding.device)
         mask = token_mask.to(dtype) if token_mask is not None else None  # (N, S)
         merged, confidences = [], []
-        for projection, hidden in zip(self.layer_projections, hidden_states):
-            features = projection(F.relu(hidden.to(dtype)))  # F_l (N, S, d)
+        for index, projection in enumerate(self.layer_projections):
+            hidden, hidden_states[index] = hidden_states[index].to(dtype), None
+            features = projection(F.relu(hidden) if hidden.requires_grad else F.relu_(hidden))  # F_l (N, S, d)
             scores = torch.einsum("nsd,nd->ns", features, anchor)  # F_l g
             if mask is None:
                 summary = features.mean(dim=1)
@@ -141,7 +147,7 @@ class UniPT(Method):
         side network per frame (identity position: the CLS token)."""
         with torch.no_grad():
             out = backbone.forward_intermediates(frames=frames, frame_mask=frame_mask, include_input=True)
-        hidden = [state.flatten(0, 1) for state in out["vision_hidden_states"]]  # (B*T, 1+N, W) each
+        hidden = [state.flatten(0, 1) for state in out.pop("vision_hidden_states")]  # (B*T, 1+N, W) each
         embeddings = out["frame_embeddings"]  # (B, T, D)
         cls = torch.zeros(hidden[0].shape[0], dtype=torch.long, device=frames.device)
         return self.vision(hidden, embeddings.flatten(0, 1), None, cls).view(*embeddings.shape[:2], -1)
