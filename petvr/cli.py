@@ -170,8 +170,8 @@ def _add_search_commands(commands) -> None:
                        help="videos longer than this are embedded in windows of at most this length")
     index.add_argument("--batch-videos", type=int, default=8, help="videos per committed batch")
     index.add_argument("--workers", type=int, default=1, help="decoding processes")
-    index.add_argument("--index-kind", default="auto", choices=("auto", "flat", "sq8", "hnsw"),
-                       help="faiss index; auto: flat up to 200,000 vectors, sq8 above")
+    index.add_argument("--index-kind", default="auto", choices=("auto", "flat", "pq4", "sq8", "hnsw"),
+                       help="faiss index; auto: flat up to 200,000 vectors, pq4 above (docs/search.md)")
     index.add_argument("--frame-cache", default=None, metavar="DIR",
                        help="keep decoded frames here, so re-indexing with another adapter decodes nothing")
     index.add_argument("--device", default="cuda" if _cuda() else "cpu", help="default: cuda when available")

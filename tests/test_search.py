@@ -145,7 +145,7 @@ def test_above_the_size_threshold_the_index_is_approximate(retriever, videos, tm
     from petvr.search.vectors import VECTORS_DIRNAME
 
     report = retriever.index(videos, tmp_path / "index", approximate_above=5, progress=False)
-    assert report.vector_kind == "sq8"
+    assert report.vector_kind == "sq8"  # pq4, the approximate default, needs 1,000 vectors to train
     info = json.loads((tmp_path / "index" / VECTORS_DIRNAME / "info.json").read_text())
     assert info == {"kind": "sq8", "generation": Store(tmp_path / "index" / STORE_NAME).generation, "count": 10}
     for path in sorted(videos.glob("*.mp4"))[:3]:
@@ -153,6 +153,37 @@ def test_above_the_size_threshold_the_index_is_approximate(retriever, videos, tm
     hnsw = retriever.index(videos, tmp_path / "hnsw", vector_kind="hnsw", progress=False)
     assert hnsw.vector_kind == "hnsw" and retriever.collection.kind == "hnsw"
     assert len(retriever.search("a red circle moves left", k=10)) == 10
+
+
+def test_the_pq4_index_finds_the_exact_neighbours_and_survives_a_round_trip(tmp_path):
+    from petvr.search.vectors import (PQ_MIN_VECTORS, VectorIndex, choose_kind, make_index, read_vectors,
+                                      train_and_add, write_vectors)
+
+    assert choose_kind(200_001) == "pq4" and choose_kind(200_000) == "flat"
+    assert choose_kind(PQ_MIN_VECTORS - 1, "pq4") == "sq8"
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((4000, 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[:50] + 0.3 * rng.standard_normal((50, 128)).astype(np.float32)
+    ids = np.arange(4000) * 3 + 7
+    exact, approximate = make_index("flat", 128), make_index("pq4", 128)
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # k-means on a machine shared with other jobs: one thread is 30x faster there
+    try:
+        train_and_add(exact, vectors)
+        train_and_add(approximate, vectors)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    write_vectors(tmp_path, VectorIndex(approximate, ids, "pq4"), generation=5)
+    assert read_vectors(tmp_path, generation=6) is None  # stale: rebuilt from the store
+    loaded = read_vectors(tmp_path, generation=5)
+    _, truth = VectorIndex(exact, ids, "flat").search(queries, 10)
+    scores, found = loaded.search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
+    assert loaded.kind == "pq4" and recall >= 0.9 and set(found[:, 0]) <= set(ids)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
 
 
 def test_unreadable_files_are_reported_and_never_stop_the_run(retriever, videos, tmp_path):
@@ -238,16 +269,9 @@ def test_query_dependent_methods_rerank_a_shortlist_from_stored_frame_features(m
 
 
 def test_an_index_built_with_another_adapter_is_refused_naming_both_hashes(built, tmp_path, capsys):
-    import torch
-
-    from petvr.backbone.checkpoints import load_backbone
     from petvr.cli import main
-    from petvr.methods import RetrievalModel
 
-    model = RetrievalModel(load_backbone("petvr-tiny"), "linear_probe")
-    with torch.no_grad():
-        model.backbone.text.text_projection.mul_(1.5)
-    adapter = model.save_adapter(tmp_path / "other-adapter")
+    adapter = _other_adapter(tmp_path / "other-adapter")
     other = Retriever.from_adapter(adapter)
     default_hash = Retriever.from_adapter().adapter_hash
     assert other.adapter_hash != default_hash
@@ -261,6 +285,43 @@ def test_an_index_built_with_another_adapter_is_refused_naming_both_hashes(built
         main(["search", str(built[0]), "a red circle", "--adapter", str(adapter)])
     message = str(exit_info.value)
     assert message.startswith("petvr: error:") and other.adapter_hash in message and default_hash in message
+
+
+def _other_adapter(folder: Path) -> Path:
+    """A linear-probe adapter on the bundled backbone (projections changed, so its vectors differ), with the
+    default's recipe (same frame sampling)."""
+    import torch
+
+    from petvr.backbone.checkpoints import load_backbone
+    from petvr.methods import RetrievalModel
+    from petvr.training.recipe import load_recipe, shipped_recipes_dir
+
+    model = RetrievalModel(load_backbone("petvr-tiny"), "linear_probe")
+    with torch.no_grad():
+        model.backbone.text.text_projection.mul_(1.5)
+        model.backbone.visual.proj.mul_(-1.0)
+    return model.save_adapter(folder, recipe=load_recipe(shipped_recipes_dir() / "synthetic" / "zero_shot.toml"))
+
+
+def test_a_new_adapter_reindexes_from_the_frame_cache_without_decoding(videos, tmp_path, monkeypatch):
+    import petvr.data.video
+
+    cache = tmp_path / "frames"
+    first = Retriever.from_adapter(frame_cache=cache)
+    assert first.index(videos, tmp_path / "default", progress=False).embedded == 10
+    second = Retriever.from_adapter(_other_adapter(tmp_path / "adapter"), frame_cache=cache)
+    assert second.sampling == first.sampling and second.adapter_hash != first.adapter_hash
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a video was decoded again")
+
+    monkeypatch.setattr(petvr.data.video, "decode_grid", no_decoding)
+    monkeypatch.setattr(petvr.data.video, "decode_frames", no_decoding)
+    report = second.index(videos, tmp_path / "other", progress=False)
+    assert report.embedded == 10 and not report.failed
+    ours = {hit.path: hit.score for hit in second.search("a red circle moves left", k=10)}
+    theirs = {hit.path: hit.score for hit in first.search("a red circle moves left", k=10)}
+    assert ours.keys() == theirs.keys() and not np.allclose(list(ours.values()), [theirs[p] for p in ours])
 
 
 def test_cli_index_and_search(videos, tmp_path, capsys, msrvtt):
@@ -319,6 +380,7 @@ def test_a_killed_indexing_run_resumes_without_embedding_anything_twice(retrieve
     assert (resumed.unchanged, resumed.embedded, resumed.videos) == (kept, 10 - kept, 10)
 
 
+@pytest.mark.slow  # two fresh interpreters under torchrun: about 25 s on 2 cores
 def test_torchrun_two_processes_shard_and_merge(retriever, videos, tmp_path):
     single = retriever.index(videos, tmp_path / "single", progress=False)
     out = tmp_path / "sharded"

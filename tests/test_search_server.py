@@ -22,17 +22,24 @@ from petvr.search.store import STORE_NAME  # noqa: E402
 
 @pytest.fixture(scope="module")
 def served(world, tmp_path_factory):
-    """Two collections of the world (the studio MSR-VTT test videos and its ActivityNet videos), each indexed with
-    the bundled default, opened by one server; plus a secret file beside the first root."""
+    """Two collections of the world opened by one server: the studio MSR-VTT videos indexed with the bundled default,
+    its ActivityNet videos with an adapter of their own (zero-shot with query scoring: a query-dependent method, so
+    that collection re-ranks); plus a secret file beside the first root."""
+    from petvr.backbone.checkpoints import load_backbone
+    from petvr.methods import RetrievalModel
+    from petvr.training.recipe import load_recipe, shipped_recipes_dir
+
     base = tmp_path_factory.mktemp("served")
     studio = world / "world" / "studio"
     roots = {"clips": base / "clips", "long": base / "long"}
     shutil.copytree(studio / "msrvtt" / "videos", roots["clips"])
     shutil.copytree(studio / "activitynet" / "videos", roots["long"])
     (base / "secret.txt").write_text("not yours")
-    retriever = Retriever.from_adapter()
+    scoring = RetrievalModel(load_backbone("petvr-tiny"), "zero_shot", sim_header="query_scoring")
+    adapter = scoring.save_adapter(base / "query-scoring",
+                                   recipe=load_recipe(shipped_recipes_dir() / "synthetic" / "zero_shot.toml"))
     indexes = []
-    for name, root in roots.items():
+    for (name, root), retriever in zip(roots.items(), (Retriever.from_adapter(), Retriever.from_adapter(adapter))):
         retriever.index(root, base / f"{name}.index", progress=False, segment_seconds=2.0)
         indexes.append(base / f"{name}.index")
     collections = open_collections(indexes)
@@ -52,9 +59,11 @@ def _captions(msrvtt: Path) -> dict[str, str]:
 def test_collections_share_one_backbone_and_health(served):
     collections = served["collections"]
     assert list(collections) == ["clips", "long"]
-    first, second = (collections[name].retriever.model.backbone for name in ("clips", "long"))
-    a = dict(first.named_parameters())["text.token_embedding.weight"]
-    b = dict(second.named_parameters())["text.token_embedding.weight"]
+    first, second = (collections[name].retriever for name in ("clips", "long"))
+    assert first.adapter == "default" and second.adapter.endswith("query-scoring")
+    assert not first.pairwise and second.pairwise
+    a = dict(first.model.backbone.named_parameters())["visual.conv1.weight"]
+    b = dict(second.model.backbone.named_parameters())["visual.conv1.weight"]
     assert a.data_ptr() == b.data_ptr()  # one backbone in memory, two adapters' models on it
     client = served["client"]
     health = client.get("/health").json()
@@ -81,6 +90,7 @@ def test_search_returns_ranked_hits_with_urls(served):
     like = client.get("/search", params={"like": hit["video_id"], "k": 1, "collection": "clips"}).json()
     assert like["kind"] == "video" and like["hits"][0]["video_id"] == hit["video_id"]
     long_answer = client.get("/search", params={"q": "a red circle moves left", "collection": "long"}).json()
+    assert long_answer["reranked"] and long_answer["collection"] == "long"
     assert any(hit["end"] - hit["start"] <= 2.0 + 1e-6 < hit["duration"] for hit in long_answer["hits"])
 
 
