@@ -36,6 +36,8 @@ VARIANTS = [  # (label, recipe, method overrides); synthetic/rap's defaults: LoR
     ("ASA only", "synthetic/rap", ["method.lorm=\"off\""]),
     ("LoRM + ASA, r 1", "synthetic/rap", ["method.rank=1"]),
     ("LoRM + ASA, top-16", "synthetic/rap", ["method.top_k=16"]),
+    ("LoRM + ASA, lr 1e-2", "synthetic/rap", ["train.lr=1e-2"]),  # the recipes' lr is the demo's 1e-3
+    ("LoRM only, lr 1e-2", "synthetic/rap_light", ["train.lr=1e-2"]),
 ]
 EXTRA = [  # with --more: further rows (each another training run)
     ("LoRM + ASA, r 8", "synthetic/rap", ["method.rank=8"]),
@@ -47,11 +49,12 @@ EXTRA = [  # with --more: further rows (each another training run)
 ]
 
 
-def quality(workdir: Path, seeds: list[int], epochs: int, variants: list, world_root: Path, cache: Path
+def quality(workdir: Path, seeds: list[int], epochs: int, variants: list, chosen, world_root: Path, cache: Path
             ) -> list[ComparisonRow]:
     world = generate_world(world_root, size="small")
     rows = []
-    for index, (label, recipe, options) in enumerate(variants):
+    for index in chosen:  # run folders are named by index, so a later call with more rows reuses finished runs
+        label, recipe, options = variants[index]
         runs = []
         for seed in seeds:
             overrides = [f"data.root=\"{world.root / COLLECTION}\"", f"data.cache_dir=\"{cache}\"",
@@ -117,6 +120,7 @@ def main() -> None:
     parser.add_argument("--cost-only", action="store_true")
     parser.add_argument("--more", action="store_true", help="also r 8, top-1, text-free, LoRM in blocks, meanP and "
                                                              "full fine-tuning (6 more training runs)")
+    parser.add_argument("--rows", nargs="+", type=int, default=None, help="only these rows (indices into the list)")
     parser.add_argument("--world", default=None, help="an existing small world to reuse (default: WORKDIR/world)")
     parser.add_argument("--cache", default=None, help="its frame cache (default: WORKDIR/cache)")
     args = parser.parse_args()
@@ -126,7 +130,8 @@ def main() -> None:
     text = f"Per-pair evaluation cost (features cached; ViT-B/32 shapes):\n\n{cost}"
     if not args.cost_only:
         workdir = Path(args.workdir)
-        rows = quality(workdir, args.seeds, args.epochs, VARIANTS + (EXTRA if args.more else []),
+        variants = VARIANTS + (EXTRA if args.more else [])
+        rows = quality(workdir, args.seeds, args.epochs, variants, args.rows or range(len(variants)),
                        Path(args.world or workdir / "world"), Path(args.cache or workdir / "cache"))
         setup = (f"{len(args.seeds)} seed(s) ({', '.join(map(str, args.seeds))}), {args.epochs} epoch(s), synthetic "
                  f"'{COLLECTION}' collection (small world), petvr-tiny; {time.time() - started:.0f} s in all")
