@@ -26,6 +26,7 @@ from ..data.cache import span_positions
 from ..data.dataset import FrameSource
 from ..data.video import normalize, select_positions
 from ..evaluation.evaluate import encode_captions
+from ..methods.base import concat_video_features, map_video_features
 from .clips import Clip
 
 
@@ -57,9 +58,7 @@ class TeacherScorer:
         for first in range(0, len(frames), self.batch_size):
             outputs.append(self.model.encode_video(frames[first:first + self.batch_size].to(self.device),
                                                    frame_mask[first:first + self.batch_size].to(self.device)))
-        if isinstance(outputs[0], dict):
-            return {key: torch.cat([output[key] for output in outputs]) for key in outputs[0]}
-        return torch.cat(outputs)
+        return concat_video_features(outputs)
 
     def _check_frames_independent(self, grid: Tensor) -> bool:
         """Does the teacher embed a frame the same alone as inside a clip? (one clip of up to ``max_frames``)"""
@@ -111,8 +110,7 @@ class TeacherScorer:
             first = 0
             for number in numbers:
                 own = slice(first, first + len(candidates[number]))
-                own_features = (features[own] if isinstance(features, Tensor)
-                                else {key: value[own] for key, value in features.items()})
+                own_features = map_video_features(lambda value: value[own], features)
                 logits = self.model.similarity(text[number:number + 1], own_features, frame_mask[own])
                 scores[number] = (logits[0] / scale).float().cpu().tolist()
                 first += len(candidates[number])
