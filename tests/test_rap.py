@@ -13,6 +13,7 @@ from petvr.backbone import create_backbone
 from petvr.evaluation.evaluate import similarity_matrix
 from petvr.methods import RetrievalModel
 from petvr.methods.rap import AsynchronousSelfAttention, LowRankModulation, RAPConfig
+from petvr.training.optim import build_param_groups
 from petvr.training.recipe import load_recipe
 from petvr.training.trainer import Trainer, TrainConfig
 
@@ -230,3 +231,14 @@ def test_each_dataset_recipe_inherits_its_base_and_holds_its_frames(dataset):
 def test_the_light_recipe_turns_asa_off():
     assert load_recipe("synthetic/rap_light")["method"]["asa"] is False
     assert load_recipe("synthetic/rap")["method"].get("asa", True) is True
+
+
+def test_lorm_trains_in_its_own_learning_rate_group():
+    model = RetrievalModel(tiny(), "rap", lorm="both", lorm_layers=[-1], lorm_lr_scale=10.0)
+    groups = {name: model.parameter_group(name) for name, p in model.named_parameters() if p.requires_grad}
+    assert {group for name, group in groups.items() if "lorm" in name} == {"lorm"}
+    assert {group for name, group in groups.items() if "asa" in name} == {"new"}
+    optimizer_groups = build_param_groups(model, lr=1e-3, weight_decay=0.0, group_of=model.parameter_group,
+                                          lr_multipliers=model.method.lr_multipliers(1e-3))
+    rates = {group["name"].split("/")[0]: group["lr"] for group in optimizer_groups}
+    assert rates == pytest.approx({"lorm": 1e-2, "new": 1e-3})
