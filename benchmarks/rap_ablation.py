@@ -38,6 +38,7 @@ VARIANTS = [  # (label, recipe, method overrides); synthetic/rap's defaults: LoR
     ("LoRM + ASA, top-16", "synthetic/rap", ["method.top_k=16"]),
     ("LoRM + ASA, lr 1e-2", "synthetic/rap", ["train.lr=1e-2"]),  # the recipes' lr is the demo's 1e-3
     ("LoRM only, lr 1e-2", "synthetic/rap_light", ["train.lr=1e-2"]),
+    ("LoRM + ASA, LoRM at 10x lr", "synthetic/rap", ["method.lorm_lr_scale=10.0"]),
 ]
 EXTRA = [  # with --more: further rows (each another training run)
     ("LoRM + ASA, r 8", "synthetic/rap", ["method.rank=8"]),
