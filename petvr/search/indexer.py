@@ -193,14 +193,21 @@ def build_index(retriever, folder: str | Path, out: str | Path | None = None, *,
     identity = retriever.identity()
     report = IndexReport(out)
 
+    refusal = None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         remove_unfinished_writes(out)  # a faiss folder whose replacement a killed run cut short
         with Store(out / STORE_NAME, create=True) as store:
-            check_identity(store, identity, root, segment_seconds)
-            store.set_meta({"identity": identity, "root": str(root), "segment_seconds": float(segment_seconds),
-                            "vector_kind": vector_kind, "approximate_above": int(approximate_above)})
-    distributed.barrier()
+            try:
+                check_identity(store, identity, root, segment_seconds)
+            except IndexMismatch as error:
+                refusal = str(error)
+            else:
+                store.set_meta({"identity": identity, "root": str(root), "segment_seconds": float(segment_seconds),
+                                "vector_kind": vector_kind, "approximate_above": int(approximate_above)})
+    refusal = distributed.broadcast_object(refusal)  # every process stops, none waits at a barrier for rank 0
+    if refusal is not None:
+        raise IndexMismatch(refusal)
 
     store = Store(out / STORE_NAME)
     try:
