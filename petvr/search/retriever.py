@@ -135,7 +135,7 @@ class Retriever:
     def pairwise(self) -> bool:
         """True when a text's score needs the video's frames (the index shortlists, then re-ranks)."""
         method = self.model.method
-        loose = (isinstance(getattr(method, "head", None), PooledVideoHead)
+        loose = (not method.pairwise and isinstance(getattr(method, "head", None), PooledVideoHead)
                  and type(method).similarity is Method.similarity)
         return not loose
 
