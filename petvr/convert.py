@@ -1,4 +1,5 @@
-"""Convert checkpoints saved by the official CLIP4Clip, Cross-Modal Adapter and MV-Adapter code into adapter folders.
+"""Convert checkpoints saved by the official CLIP4Clip, Cross-Modal Adapter, MV-Adapter, UniPT and DGL code into
+adapter folders.
 
 ``convert_checkpoint("clip4clip", "pytorch_model.bin.4", "runs/c4c")`` reads the official state dict, renames every
 key to petvr's, refuses keys it cannot place (or weights the model needs that the file lacks) with one error listing
@@ -25,6 +26,10 @@ Official layouts (key names read from the repositories' model code; the wrapper 
   calibration ``conv_rf_c.{g,a,b}``; the CMT factors are ``clip.prompt.K``. Backbone weights the file lacks are the
   base's (the code saves what it trained: the CLIP biases, when ``train_backbone_biases``).
 
+- UniPT (its CLIP4Clip variant, ``torch.save(model.state_dict())``): the wrapper's keys, its CLIP in fp16, plus the two
+  side networks ``image_adapter.*`` and ``text_adapter.*`` (``downsample_layers.N.1``, ``downsample_layer.1``,
+  ``upsample_layer.1``, ``gate_layer``; index 0 of each ``Sequential`` is a ReLU). An fp16 CLIP in the file sets
+  ``backbone_precision="fp16"``, the code's frozen pass.
 - DGL (``{"state_dict": model.state_dict(), ...}``, DDP's ``module.`` prefix): the prompt modules on the CLIP module
   beside its OpenAI keys: ``clip.visual.prompt_embeddings`` (1, G, W_v, the global prompts); the Transformer variant's
   ``clip.unified_prompt_embedding.weight`` (P, layers * W_v), ``clip.PromptTransformer.resblocks.0.*`` (an OpenAI
