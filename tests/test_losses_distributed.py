@@ -4,14 +4,13 @@ import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from petvr.training.distributed import (
-    all_gather_with_grad, barrier, broadcast_object, init_distributed_from_env, is_distributed, rank, seed_everything,
+    all_gather_with_grad, barrier, broadcast_object, destroy_distributed, init_distributed_from_env, is_distributed, rank, seed_everything,
     world_size,
 )
 from petvr.training.losses import symmetric_infonce
@@ -112,8 +111,9 @@ def _ddp_worker(worker_rank, port, out_dir):
         mask = all_gather_with_grad(_mask()[local])
         torch.save({"loss": loss.detach(), "grads": grads, "seen": broadcast_object(info.rank, src=1), "mask": mask},
                    os.path.join(out_dir, f"rank{info.rank}.pt"))
+        destroy_distributed()  # a barrier first: neither process leaves while the other still reads
     finally:
-        dist.destroy_process_group()
+        destroy_distributed(wait_for_others=False)
 
 
 def _free_port():

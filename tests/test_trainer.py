@@ -132,9 +132,7 @@ def test_fp16_weights_mode_reproduces_clip4clip_storage_and_rounding(tmp_path):
 def _trainer_ddp_worker(worker_rank, port, out_dir):
     import os
 
-    import torch.distributed as dist
-
-    from petvr.training.distributed import init_distributed_from_env
+    from petvr.training.distributed import destroy_distributed, init_distributed_from_env
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(worker_rank),
@@ -145,8 +143,9 @@ def _trainer_ddp_worker(worker_rank, port, out_dir):
         result = trainer.train(stop_after_steps=2)
         torch.save({"weights": trainer.model.trainable_state_dict(), "losses": [h["loss"] for h in result["history"]]},
                    Path(out_dir) / f"rank{worker_rank}.pt")
+        destroy_distributed()  # a barrier first: neither process leaves while the other still reads
     finally:
-        dist.destroy_process_group()
+        destroy_distributed(wait_for_others=False)
 
 
 def test_two_process_ddp_training_equals_single_process_on_the_global_batch(tmp_path):

@@ -125,10 +125,17 @@ def init_distributed_from_env() -> DistributedInfo:
     return DistributedInfo(dist.get_rank(), local_rank, dist.get_world_size(), device, backend)
 
 
-def destroy_distributed() -> None:
-    """Leave the process group, if any (at the end of training, so the launcher exits cleanly)."""
-    if is_distributed():
-        dist.destroy_process_group()
+def destroy_distributed(wait_for_others: bool = True) -> None:
+    """Leave the process group, if any (at the end of training, so the launcher exits cleanly).
+
+    ``wait_for_others``: first a barrier, so that no process closes its gloo connections while another still reads
+    from them (that one would abort with "Connection closed by peer", a SIGABRT). Pass False on an error path, where
+    the other processes may never arrive."""
+    if not is_distributed():
+        return
+    if wait_for_others:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def seed_everything(seed: int, rank_offset: int = 0) -> int:

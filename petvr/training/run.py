@@ -124,6 +124,8 @@ def run_recipe(recipe: dict, output_dir: str | Path | None = None, resume: bool 
         if is_main_process() and trainer.best:
             print(f"best epoch {trainer.best['epoch']} (chosen on the test split):\n"
                   f"{format_metrics_table(trainer.best['metrics'])}")
-        return result
-    finally:
-        destroy_distributed()
+    except BaseException:
+        destroy_distributed(wait_for_others=False)  # the other processes may never reach a barrier
+        raise
+    destroy_distributed()
+    return result
