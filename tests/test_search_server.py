@@ -107,6 +107,35 @@ def test_bad_queries_are_422_and_unknown_things_404(served):
     assert "truncated" in answer["note"]
 
 
+def test_search_by_example_uploads_an_image_or_a_clip(served, monkeypatch):
+    from petvr.search import server
+
+    client = served["client"]
+    ids = dict(served["collections"]["clips"].store.connection.execute("SELECT path, id FROM videos"))
+    frame = client.get(f"/thumbnails/{ids['video3.mp4']}", params={"collection": "clips", "t": 1.0}).content
+    by_image = client.post("/search?k=3&collection=clips", content=frame, headers={"Content-Type": "image/jpeg"})
+    assert by_image.status_code == 200, by_image.text
+    answer = by_image.json()
+    assert answer["kind"] == "image" and answer["hits"][0]["path"] == "video3.mp4"  # a frame finds its own video
+    assert "uploaded image" in answer["query"] and "thumbnail_url" in answer["hits"][0]
+    clip = (served["roots"]["clips"] / "video2.mp4").read_bytes()
+    by_clip = client.post("/search", params={"k": 2, "collection": "clips"}, content=clip,
+                          headers={"Content-Type": "video/mp4"}).json()
+    assert by_clip["kind"] == "video" and by_clip["hits"][0]["path"] == "video2.mp4"
+    assert by_clip["hits"][0]["score"] > 0.99  # the same file embeds to the indexed vector
+    # Bad uploads are said, never a 500, and never name the server's temporary file.
+    for body, content_type, status in ((b"hello", "text/plain", 415), (b"", "image/png", 422),
+                                       (b"not a picture", "image/png", 422), (b"not a film", "video/mp4", 422)):
+        response = client.post("/search", content=body, headers={"Content-Type": content_type})
+        assert response.status_code == status, (content_type, response.text)
+        assert "petvr-query-" not in response.text
+    assert "the uploaded image" in client.post("/search", content=b"not a picture",
+                                               headers={"Content-Type": "image/png"}).json()["detail"]
+    monkeypatch.setattr(server, "MAX_UPLOAD_BYTES", 1000)
+    assert client.post("/search", content=clip, headers={"Content-Type": "video/mp4"}).status_code == 413
+    assert "requestBody" in client.get("/openapi.json").json()["paths"]["/search"]["post"]
+
+
 def test_videos_stream_with_range_requests(served):
     client = served["client"]
     path = served["roots"]["clips"] / "video0.mp4"
@@ -234,7 +263,7 @@ def _chromium():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
-def test_web_page_in_headless_chromium(served, live_server):
+def test_web_page_in_headless_chromium(served, live_server, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -268,5 +297,15 @@ def test_web_page_in_headless_chromium(served, live_server):
         wait.until(lambda b: b.execute_script("return arguments[0].readyState", player) >= 1)
         position = browser.execute_script("return arguments[0].currentTime", player)
         assert position == pytest.approx(first["time"], abs=0.05)
+        # Search by example: choosing an image file posts it, and its hits replace the cards.
+        image = tmp_path / "frame.jpg"
+        image.write_bytes(served["client"].get(first["thumbnail_url"]).content)
+        by_image = served["client"].post("/search?k=12&collection=clips", content=image.read_bytes(),
+                                         headers={"Content-Type": "image/jpeg"}).json()["hits"]
+        wanted = [hit["video_id"] for hit in by_image]
+        assert wanted != [hit["video_id"] for hit in expected]  # so that the page visibly changes
+        browser.find_element(By.ID, "example").send_keys(str(image))
+        wait.until(lambda b: [int(card.get_attribute("data-video-id"))
+                              for card in b.find_elements(By.CSS_SELECTOR, "#results .card")] == wanted)
     finally:
         browser.quit()

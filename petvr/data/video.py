@@ -331,7 +331,7 @@ def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
     left = int(round((resized_width - size) / 2.0))
     top = int(round((resized_height - size) / 2.0))
     resized = image.convert("RGB").resize((resized_width, resized_height), Image.Resampling.BICUBIC)
-    return np.asarray(resized.crop((left, top, left + size, top + size)))
+    return np.array(resized.crop((left, top, left + size, top + size)))
 
 
 def _frame_time(frame: av.VideoFrame, stream: av.video.stream.VideoStream, start_pts: int) -> float | None:

@@ -5,6 +5,9 @@ adapters' models are built on ``shared_view`` of it, no weights copied). Endpoin
 
 - ``GET /search?q=...&k=10&collection=NAME`` (or ``like=VIDEO_ID``: query by an indexed video), ranked hits with
   their time window, best-matching time and the URLs of their video and thumbnail; an empty query is a 422;
+- ``POST /search?k=10&collection=NAME`` with an image or a short video clip as the raw request body (its
+  ``Content-Type`` ``image/...`` or ``video/...``, at most ``MAX_UPLOAD_BYTES``): query by example, the same answer;
+  a file that does not decode is a 422 naming the problem, a wrong type a 415, a larger body a 413;
 - ``GET /videos/{id}?collection=NAME``: the file, with HTTP range requests (seeking in the browser's player); only a
   file inside the collection's indexed root is ever served (symlinks resolved); anything else is a 404;
 - ``GET /thumbnails/{id}?collection=NAME&t=SECONDS``: a JPEG of the frame at ``t``;
@@ -15,13 +18,15 @@ from __future__ import annotations
 
 import io
 import mimetypes
+import tempfile
 import threading
 from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
 
 import av
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from ..data.video import DataError
@@ -30,6 +35,7 @@ from .store import STORE_NAME, Store
 
 THUMBNAIL_SIZE = 320
 THUMBNAIL_CACHE = 512
+MAX_UPLOAD_BYTES = 64 * 2**20  # a query image or clip; anything larger is a 413
 
 
 def open_collections(indexes: list[str | Path], device: str = "cpu") -> dict[str, Collection]:
@@ -137,6 +143,43 @@ def create_app(collections: dict[str, Collection]) -> FastAPI:
                 result = chosen.search(text=q, k=k)
         except ValueError as error:  # bad input (DataError included): said, never a 500
             raise HTTPException(422, str(error)) from None
+        return answer_with_urls(chosen, result)
+
+    @app.post("/search", openapi_extra={"requestBody": {"required": True, "content": {
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "video/*": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def search_by_example(request: Request, k: int = Query(10, ge=1, le=200),
+                                collection: str | None = Query(None)) -> dict:
+        """Query by example: the request body is an image or a short video clip (``Content-Type: image/...`` or
+        ``video/...``), embedded by the collection's adapter on its video side."""
+        chosen = collection_named(collection)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        kind = content_type.split("/")[0]
+        if kind not in ("image", "video"):
+            raise HTTPException(415, f"send an image/... or video/... body, not {content_type or 'no Content-Type'}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_UPLOAD_BYTES:
+                raise HTTPException(413, f"the query file is over {MAX_UPLOAD_BYTES // 2**20} MB")
+        if not body:
+            raise HTTPException(422, f"the query {kind} is empty")
+        suffix = mimetypes.guess_extension(content_type) or (".jpg" if kind == "image" else ".mp4")
+        return await run_in_threadpool(search_uploaded, chosen, bytes(body), kind, suffix, k)
+
+    def search_uploaded(chosen: Collection, body: bytes, kind: str, suffix: str, k: int) -> dict:
+        with tempfile.TemporaryDirectory(prefix="petvr-query-") as folder:
+            path = Path(folder) / f"query{suffix}"
+            path.write_bytes(body)
+            try:
+                result = chosen.search(k=k, **{kind: path})
+            except ValueError as error:  # a file that does not decode: said, naming the upload, never a 500
+                raise HTTPException(422, str(error).replace(str(path), f"the uploaded {kind}")) from None
+        result.query = f"(uploaded {kind}, {len(body):,} bytes)"
+        return answer_with_urls(chosen, result)
+
+    def answer_with_urls(chosen: Collection, result) -> dict:
+        """A ``SearchResult`` as JSON, each hit with the URLs of its video and thumbnail instead of its file."""
         answer = result.to_dict()
         answer["collection"] = chosen.name
         for hit in answer["hits"]:
