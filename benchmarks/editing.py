@@ -25,13 +25,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from report import with_section
+
 from petvr.editing import EditingRun, initial_clips, mean_iou
-from petvr.synthetic.editing_world import generate_editing_world
+from petvr.synthetic.editing_world import EDITING_WORLD_SIZES, generate_editing_world
 from petvr.training.recipe import load_recipe
 
 RECIPES = {"clip4clip_meanP": "editing/clip4clip_meanP", "adapter": "editing/adapter"}
 LEARNING_RATES = {"clip4clip_meanP": 5e-3, "adapter": 1e-3}  # meanP trains only the projections: a larger step
-START, END = "<!-- results:start -->", "<!-- results:end -->"
+RESULTS_PAGE_HEADING = """## Training from single timestamps: clip editing
+
+From `benchmarks/editing.py` (its own run; `docs/editing.md` says what the method is and which parts are the paper's).
+
+"""
 
 
 def condition(recipe: dict, run_dir: Path, which: str, epochs: int) -> dict:
@@ -59,6 +65,8 @@ def main() -> None:
     parser.add_argument("--timeline-videos", type=int, default=3)
     parser.add_argument("--max-frames", type=int, default=4, help="frames per clip (the recipes say 6)")
     parser.add_argument("--batch-size", type=int, default=16, help="the recipes say 32; smaller: more steps")
+    parser.add_argument("--world-size", default="medium", choices=sorted(EDITING_WORLD_SIZES),
+                        help="the long-video world (medium: 96 training and 96 validation videos)")
     parser.add_argument("--out", default="docs", help="where editing.md (its results section), editing.json and "
                                                       "editing_timeline.png go")
     parser.add_argument("--report-only", action="store_true",
@@ -66,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir, out = Path(args.workdir), Path(args.out)
     started = time.perf_counter()
-    folder = generate_editing_world(workdir / "world", size="small")
+    folder = generate_editing_world(workdir / "world", size=args.world_size)
     total_epochs = args.warmup_epochs + args.rounds
     for label in [] if args.report_only else args.methods:
         overrides = [f'data.root="{folder}"', f'data.cache_dir="{workdir / "cache"}"',
@@ -90,13 +98,11 @@ def main() -> None:
                                                   args.warmup_epochs, "rounds": args.rounds}, indent=1, default=str))
     section = report(results, args, elapsed, folder)
     print(section)
-    document = out / "editing.md"
-    text = document.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{document}: no {START} ... {END} markers to write the results between")
-    head, rest = text.split(START, 1)
-    document.write_text(head + START + "\n" + section + END + rest.split(END, 1)[1])
-    print(f"written: {document}, {out / 'editing.json'}, {out}/editing_timeline_*.png")
+    for document, name, text in ((out / "editing.md", "results", section),
+                                 (out / "results.md", "editing", RESULTS_PAGE_HEADING + section)):
+        document.write_text(with_section(document.read_text() if document.is_file() else "", name, text))
+    print(f"written: {out / 'editing.md'}, {out / 'results.md'} (its editing part), {out / 'editing.json'}, "
+          f"{out}/editing_timeline_*.png")
 
 
 def collected(runs: Path, epochs: int) -> dict:
@@ -120,11 +126,14 @@ def collected(runs: Path, epochs: int) -> dict:
 
 
 def report(results: dict, args, elapsed: float, folder: Path) -> str:
+    world = EDITING_WORLD_SIZES[args.world_size]
+    queries = next((rows["edited"]["warmup"]["metrics"]["t2v"].get("queries", "?") for rows in results.values()), "?")
     origin = ("`python benchmarks/editing.py --report-only` from one run's folders" if args.report_only
-              else f"`python benchmarks/editing.py` in one run ({elapsed / 60:.1f} min on the shared CPU)")
+              else f"`python benchmarks/editing.py` in one run ({elapsed / 60:.1f} min on 2 CPU cores)")
     lines = [f"Written by {origin}; "
-             "do not edit by hand. World: the synthetic long-video world, size small "
-             f"(`{folder.parent.name}/{folder.name}`: 64 training videos, 24 val videos); text-to-clip R@K in percent "
+             f"do not edit by hand. World: the synthetic long-video world, size {args.world_size} "
+             f"(`{folder.parent.name}/{folder.name}`: {world.train} training videos, {world.val} val videos, "
+             f"{queries} val queries); text-to-clip R@K in percent "
              f"on its val clips. Every row trains {args.warmup_epochs + args.rounds} epochs; editing = "
              f"{args.warmup_epochs} warm-up epochs + {args.rounds} rounds of 1 epoch; {args.max_frames} frames per clip, "
              f"batch {args.batch_size}, lr " + ", ".join(f"{LEARNING_RATES[label]:g} ({label})" for label in results)

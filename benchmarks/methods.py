@@ -18,6 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
+from report import section_of, with_section
 from train_step import add_step_arguments, measure_step
 
 from petvr.compare import ComparisonRow, compare, markdown_table, plot_recall_against_parameters
@@ -149,8 +150,11 @@ def main() -> None:
              f"{time.time() - started:.0f} s in all")
     (out / "results.json").write_text(json.dumps({"setup": setup, "rows": [row.__dict__ for row in rows]}, indent=2))
     findings = "\n".join(separation(rows, len(args.seeds), split) for split in ("test", "temporal"))
-    (out / "results.md").write_text(HEADER + markdown_table(rows) + f"\nSetup: {setup}.\n\n{findings}\n"
-                                    f"![t2v R@1 against trainable parameters]({plot.name})\n")
+    page = (HEADER + markdown_table(rows) + f"\nSetup: {setup}.\n\n{findings}\n"
+            f"![t2v R@1 against trainable parameters]({plot.name})\n")
+    previous = (out / "results.md").read_text() if (out / "results.md").is_file() else ""
+    editing = section_of(previous, "editing")  # benchmarks/editing.py's part of the page: kept
+    (out / "results.md").write_text(page if editing is None else with_section(page, "editing", editing))
     print(setup)
     print(markdown_table(rows))
     print(f"plot: {plot}")
