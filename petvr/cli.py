@@ -10,6 +10,9 @@ import json
 import sys
 from pathlib import Path
 
+# petvr.convert.OFFICIAL_METHODS, listed here so that building the parser does not import torch (a test keeps them equal)
+CONVERTIBLE = ("clip4clip", "cross_modal_adapter", "mv_adapter", "unipt", "dgl")
+
 # Bad input, as petvr raises it: ValueError (DataError, CheckpointError, RecipeError, bad JSON), OSError (a missing
 # or unreadable file), FloatingPointError (a run stopped on a non-finite loss). Anything else is a bug: traceback.
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
@@ -322,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipes.set_defaults(run=_cmd_recipes)
 
     convert = commands.add_parser("convert", help="convert a checkpoint of the official code into an adapter folder")
-    convert.add_argument("method", choices=["clip4clip", "cross_modal_adapter", "mv_adapter", "unipt", "dgl"])
+    convert.add_argument("method", choices=CONVERTIBLE)
     convert.add_argument("checkpoint")
     convert.add_argument("out_folder")
     convert.add_argument("--backbone", default=None, help="the base backbone's model config name")

@@ -63,7 +63,6 @@ from .backbone.checkpoints import (RawCheckpoint, load_backbone, save_backbone, 
 
 BACKBONE_FILE = "backbone.safetensors"
 CONVERSION_FILE = "conversion.json"
-OFFICIAL_METHODS = ("clip4clip", "cross_modal_adapter", "mv_adapter", "unipt", "dgl")
 
 # CLIP4Clip's similarity heads (also in Cross-Modal Adapter's wrapper): official prefix -> petvr model prefix.
 HEAD_RENAMES = (
@@ -297,8 +296,6 @@ def map_unipt(state: dict[str, Tensor]):
     return backbone, method, config, unmapped
 
 
-MAPPINGS: dict[str, Callable] = {"clip4clip": map_clip4clip, "cross_modal_adapter": map_cross_modal_adapter,
-                                 "mv_adapter": map_mv_adapter, "unipt": map_unipt}
 # Layouts whose files hold only the weights their code trained: the backbone weights they lack are the base's.
 TRAINED_ONLY_LAYOUTS = ("mv_adapter",)
 
@@ -351,7 +348,9 @@ def map_dgl(state: dict[str, Tensor]):
     return backbone, method, config, unmapped
 
 
-MAPPINGS["dgl"] = map_dgl
+MAPPINGS: dict[str, Callable] = {"clip4clip": map_clip4clip, "cross_modal_adapter": map_cross_modal_adapter,
+                                 "mv_adapter": map_mv_adapter, "unipt": map_unipt, "dgl": map_dgl}
+OFFICIAL_METHODS = tuple(MAPPINGS)  # petvr convert's choices (cli.py lists them without importing torch)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -396,10 +395,8 @@ def convert_checkpoint(method: str, checkpoint: str | Path, out_folder: str | Pa
     ``backbone`` / ``backbone_checkpoint``."""
     from .methods import RetrievalModel
 
-    if method not in OFFICIAL_METHODS:
-        raise ConversionError(f"unknown official layout {method!r}; known: {', '.join(OFFICIAL_METHODS)}")
     if method not in MAPPINGS:
-        raise ConversionError(f"converting {method} checkpoints is not implemented yet")
+        raise ConversionError(f"unknown official layout {method!r}; known: {', '.join(OFFICIAL_METHODS)}")
     checkpoint, out_folder = Path(checkpoint), Path(out_folder)
     state = read_official_state_dict(checkpoint)
     backbone_openai, method_weights, config, unmapped = MAPPINGS[method](state)

@@ -255,6 +255,15 @@ def test_missing_and_extra_keys_are_listed(base, tmp_path):
         convert_checkpoint("clip4clip", tmp_path / "broken.bin", tmp_path / "out", base=base)
 
 
+def test_cli_offers_every_official_layout_and_refuses_others(tmp_path):
+    from petvr.cli import CONVERTIBLE
+    from petvr.convert import OFFICIAL_METHODS
+
+    assert CONVERTIBLE == OFFICIAL_METHODS
+    with pytest.raises(ConversionError, match="unknown official layout 'clip5clip'; known: clip4clip"):
+        convert_checkpoint("clip5clip", tmp_path / "x.bin", tmp_path / "out")
+
+
 # MV-Adapter: the official code saves only its trainable parameters (adapters in fp16, LayerNorms, positional tables,
 # [CC] and the CMT factors in fp32) and, with its released optimiser groups, every CLIP bias in its own block layout
 # (attention split into q/k/v/out_proj, pre-attention norm ``attn.ln``, pre-MLP norm ``mlp.ln``).
