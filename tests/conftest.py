@@ -115,3 +115,23 @@ def pattern_videos():
                          for key in ("token_ids", "token_mask", "frames", "frame_mask"))
 
     return PatternVideos
+
+
+@pytest.fixture
+def convert_with_cli(tmp_path):
+    """``convert_with_cli(method, official_state, base, out="out") -> (adapter folder, checkpoint path)``: the state
+    saved as the official code saves it, the base as a petvr-tiny checkpoint, then ``petvr convert`` run on them."""
+    import torch
+
+    from petvr.backbone import save_backbone
+    from petvr.cli import main
+
+    def convert(method: str, state: dict, base, out: str = "out") -> tuple[Path, Path]:
+        checkpoint, saved = tmp_path / "pytorch_model.bin.4", tmp_path / "tiny.safetensors"
+        torch.save(state, checkpoint)
+        save_backbone(base, saved)
+        main(["convert", method, str(checkpoint), str(tmp_path / out), "--backbone", "petvr-tiny",
+              "--backbone-checkpoint", str(saved)])
+        return tmp_path / out, checkpoint
+
+    return convert

@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from petvr.backbone import create_backbone
-from petvr.backbone.checkpoints import load_backbone, save_backbone
-from petvr.cli import main
+from petvr.backbone.checkpoints import load_backbone
 from petvr.convert import ConversionError, convert_checkpoint
 from petvr.methods import RetrievalModel
 
@@ -138,24 +137,18 @@ def reference_features(base, official, tokens, token_mask, frames, frame_mask):
         return zero_shot.encode_text(tokens, token_mask), zero_shot.encode_video(frames, frame_mask), tuned.logit_scale.exp()
 
 
-def test_clip4clip_seqtransf_matches_official_forward_and_cli(base, tmp_path):
+def test_clip4clip_seqtransf_matches_official_forward_and_cli(base, convert_with_cli):
     torch.manual_seed(0)
     head = randomise(OfficialSeqTransf(128, 2, 32, 2)).eval()
     official = official_clip_keys(base)
     perturb(official, "clip.visual.transformer.resblocks.3.mlp.c_fc.weight", "clip.transformer.resblocks.3.ln_1.bias",
             "clip.logit_scale", "clip.visual.proj")
     official.update(head.state_dict())
-    path = tmp_path / "pytorch_model.bin.2"
-    torch.save(official, path)
-    saved = tmp_path / "tiny.safetensors"
-    save_backbone(base, saved)
-
-    main(["convert", "clip4clip", str(path), str(tmp_path / "out"), "--backbone", "petvr-tiny",
-          "--backbone-checkpoint", str(saved)])
-    model = RetrievalModel.from_adapter(tmp_path / "out").eval()
+    out, _ = convert_with_cli("clip4clip", official, base)
+    model = RetrievalModel.from_adapter(out).eval()
     config = model.method_config_dict()
     assert (config["sim_header"], config["cross_num_hidden_layers"], config["freeze_layer_num"]) == ("seqTransf", 2, 3)
-    assert not (tmp_path / "out" / "backbone.safetensors").exists()  # every changed weight is a trained one
+    assert not (out / "backbone.safetensors").exists()  # every changed weight is a trained one
 
     tokens, token_mask, frames, frame_mask = inputs(base)
     text, video, scale = reference_features(base, official, tokens, token_mask, frames, frame_mask)

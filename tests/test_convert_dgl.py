@@ -13,8 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from petvr.backbone.checkpoints import load_backbone, save_backbone
-from petvr.cli import main
+from petvr.backbone.checkpoints import load_backbone
 from petvr.convert import ConversionError, convert_checkpoint
 from petvr.methods import RetrievalModel
 
@@ -194,17 +193,12 @@ def test_a_converted_checkpoint_scores_as_the_official_forward(base, tmp_path, v
     assert (expected - expected.mean()).abs().max() > 0.1  # the scores are not all alike
 
 
-def test_the_cli_converts_and_a_changed_clip_weight_writes_a_backbone(base, tmp_path):
+def test_the_cli_converts_and_a_changed_clip_weight_writes_a_backbone(base, convert_with_cli):
     state = official_state(base, "linear")
     state["clip.visual.transformer.resblocks.1.mlp.c_fc.bias"] = state["clip.visual.transformer.resblocks.1.mlp.c_fc.bias"] + 0.01
-    path = tmp_path / "pytorch_model.bin.4"
-    torch.save(state, path)
-    saved = tmp_path / "tiny.safetensors"
-    save_backbone(base, saved)
-    main(["convert", "dgl", str(path), str(tmp_path / "out"), "--backbone", "petvr-tiny",
-          "--backbone-checkpoint", str(saved)])
-    assert (tmp_path / "out" / "backbone.safetensors").exists()
-    model = RetrievalModel.from_adapter(tmp_path / "out").eval()
+    out, _ = convert_with_cli("dgl", state, base)
+    assert (out / "backbone.safetensors").exists()
+    model = RetrievalModel.from_adapter(out).eval()
     token_ids, frames = inputs()
     with torch.no_grad():
         got = model(token_ids, token_ids != 0, frames, torch.ones(3, FRAMES, dtype=torch.bool))

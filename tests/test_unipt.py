@@ -8,8 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from petvr.backbone import create_backbone
-from petvr.backbone.checkpoints import save_backbone
-from petvr.cli import main
 from petvr.convert import ConversionError, convert_checkpoint
 from petvr.methods import RetrievalModel
 from petvr.training.recipe import load_recipe
@@ -229,24 +227,18 @@ def official_similarities(backbone, state, tokens, frames, frame_mask):
         return backbone.logit_scale.exp() * F.normalize(adapted_text, dim=-1) @ videos.T
 
 
-def test_convert_reads_the_official_layout_and_gives_its_similarities(tmp_path):
+def test_convert_reads_the_official_layout_and_gives_its_similarities(tmp_path, convert_with_cli):
     base = tiny()
     # The base's matrices rounded to fp16, as the official file holds them: an unchanged CLIP.
     for parameter in base.parameters():
         if parameter.dim() >= 2:
             parameter.data = parameter.data.half().float()
     state = official_state(base, 6, 4, 128, 128)
-    path = tmp_path / "pytorch_model.bin.4"
-    torch.save(state, path)
-    saved = tmp_path / "tiny.safetensors"
-    save_backbone(base, saved)
-
-    main(["convert", "unipt", str(path), str(tmp_path / "as_released"), "--backbone", "petvr-tiny",
-          "--backbone-checkpoint", str(saved)])
-    released = RetrievalModel.from_adapter(tmp_path / "as_released").eval()
+    as_released, path = convert_with_cli("unipt", state, base, out="as_released")
+    released = RetrievalModel.from_adapter(as_released).eval()
     assert released.method_config_dict() == {"sim_header": "meanP", "downsample_factor": 1, "backbone_precision": "fp16",
                                              "zero_init_up": False}
-    assert not (tmp_path / "as_released" / "backbone.safetensors").exists()
+    assert not (as_released / "backbone.safetensors").exists()
     report = convert_checkpoint("unipt", path, tmp_path / "fp32", base=base, overrides={"backbone_precision": "fp32"})
     assert report["trained_tensors"] == 2 * 3 * 2 + 2 * (7 + 5)  # weight and bias: 3 shared layers + one per state
     model = RetrievalModel.from_adapter(tmp_path / "fp32", backbone=base).eval()
