@@ -90,7 +90,8 @@ def pattern_videos():
     """``pattern_videos(num_classes=8, samples_per_class=2, image_size=64, seed=0)``: a tiny training set of Trainer
     items (64 x 64 frames fit petvr-tiny). Video k shows a fixed random pattern (+ noise) on 2 frames; its caption is
     SOT, a word id for k, EOT. ``.batch()`` stacks every item into one batch: (token_ids, token_mask, frames,
-    frame_mask)."""
+    frame_mask); ``.full_batch_losses(model, steps, lr=3e-3)`` trains ``model`` on that batch with AdamW (no weight
+    decay) through the trainer's contrastive objective and returns the loss of each step."""
     import torch
 
     class PatternVideos(torch.utils.data.Dataset):
@@ -113,6 +114,19 @@ def pattern_videos():
             items = [self[index] for index in range(len(self))]
             return tuple(torch.stack([item[key] for item in items])
                          for key in ("token_ids", "token_mask", "frames", "frame_mask"))
+
+        def full_batch_losses(self, model, steps: int, lr: float = 3e-3) -> list[float]:
+            from petvr.training.trainer import ContrastiveObjective
+
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+            objective, batch, losses = ContrastiveObjective(model), self.batch(), []
+            for _ in range(steps):
+                loss = objective(*batch)["loss"]
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+            return losses
 
     return PatternVideos
 

@@ -222,15 +222,7 @@ def test_under_fp16_weights_the_prompts_stay_float32_and_the_outputs_finite():
 def test_training_lowers_the_loss(pattern_videos):
     """DGL-Linear, a few full-batch AdamW steps on 8 pattern classes."""
     model = RetrievalModel(tiny(), "dgl", shared_latent_space="linear", num_frames=2).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3, weight_decay=0.0)
-    objective, batch = ContrastiveObjective(model), pattern_videos().batch()
-    losses = []
-    for _ in range(6):
-        loss = objective(*batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = pattern_videos().full_batch_losses(model, steps=6)
     assert losses[-1] < 0.8 * losses[0], losses
 
 

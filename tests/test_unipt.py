@@ -272,15 +272,7 @@ def test_convert_lists_missing_and_unplaceable_keys(tmp_path):
 def test_training_lowers_the_loss(pattern_videos):
     # The random tiny backbone embeds every video almost alike (cosine ~0.99), so the residual takes some steps.
     model = RetrievalModel(tiny(), "unipt").train()
-    objective, batch = ContrastiveObjective(model), pattern_videos().batch()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3, weight_decay=0.0)
-    losses = []
-    for _ in range(18):
-        loss = objective(*batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = pattern_videos().full_batch_losses(model, steps=18)
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
 
 
