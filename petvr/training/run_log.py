@@ -98,14 +98,16 @@ class RunLog:
         loss_axes.set(xlabel="step", ylabel="loss", title="training loss")
         if terms:
             loss_axes.legend()
+        plotted = False
         for direction in ("t2v", "v2t"):
             points = [(entry["epoch"], entry["eval"][direction]["R@1"]) for entry in evaluations
                       if isinstance(entry["eval"].get(direction), dict) and "R@1" in entry["eval"][direction]
                       and math.isfinite(entry["eval"][direction]["R@1"])]
             if points:
                 recall_axes.plot(*zip(*points), marker="o", label=f"{direction} R@1")
+                plotted = True
         recall_axes.set(xlabel="epoch", ylabel="R@1 (%)", title="retrieval per epoch")
-        if evaluations:
+        if plotted:  # evaluations without recall (a pretraining record) draw nothing to label
             recall_axes.legend()
         figure.tight_layout()
         return atomic_write(self.run_dir / CURVES_FILE, lambda tmp: figure.savefig(tmp, format="png"))
