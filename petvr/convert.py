@@ -333,7 +333,7 @@ def map_dgl(state: dict[str, Tensor]):
         return renamed is not None
 
     backbone, method, config, unmapped = _split_common(state, prompt_modules)
-    config.update(sim_header="meanP", postfix_position="after_padding")
+    config.update(sim_header="meanP", postfix_position="after_padding", global_prompt_init="uniform")  # as released
     table = state.get("clip.unified_prompt_embedding.weight")
     frame_prompts = state.get("clip.visual_prompt_embedding")
     if table is not None:
