@@ -1,7 +1,8 @@
 """Training from single timestamps with clip editing, on the synthetic long-video world: the numbers and the timeline
 of docs/editing.md.
 
-For each method (CLIP4Clip meanP and Houlsby adapters, the best adapter method of docs/results.md), three trainings
+For each method (CLIP4Clip meanP and Houlsby adapters, the best adapter method of docs/results.md when this was written;
+DGL, now ahead, embeds each video whole, so its teacher would score every candidate clip separately), three trainings
 with the same total number of epochs, each from the recipe's starting weights:
 
 - initial: the initial clips (midpoint rule) for warm-up + rounds epochs;
