@@ -91,7 +91,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(Path(args.workdir), epochs=args.epochs)
+    run_demo(Path(args.workdir), **({} if args.epochs is None else {"epochs": args.epochs}))
 
 
 def _cmd_cache(args: argparse.Namespace) -> None:
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="zero-shot vs trained on the synthetic world, end to end")
     demo.add_argument("--workdir", default="demo-run")
-    demo.add_argument("--epochs", type=int, default=5)
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's 2)")
     demo.set_defaults(run=_cmd_demo)
 
     cache = commands.add_parser("cache", help="decode a recipe's videos into its frame cache")
