@@ -44,6 +44,9 @@ EDITING_WORLD_SIZES = {
     # and half again the training videos: what benchmarks/editing.py measures on
     "medium": EditingWorldSize(96, 96, ClipLayout(num_events=(3, 5), event_frames=(8, 48), gap_frames=(8, 56),
                                                   edge_frames=(4, 32))),
+    # four times medium's training videos: whether more training data lets clip quality show
+    "large": EditingWorldSize(384, 96, ClipLayout(num_events=(3, 5), event_frames=(8, 48), gap_frames=(8, 56),
+                                                  edge_frames=(4, 32))),
 }
 
 
