@@ -89,9 +89,9 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from .demo import DEFAULT_EPOCHS, run_demo
 
-    run_demo(Path(args.workdir), **({} if args.epochs is None else {"epochs": args.epochs}))
+    run_demo(Path(args.workdir), epochs=DEFAULT_EPOCHS if args.epochs is None else args.epochs)
 
 
 def _cmd_cache(args: argparse.Namespace) -> None:

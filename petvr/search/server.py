@@ -165,9 +165,9 @@ def create_app(collections: dict[str, Collection]) -> FastAPI:
         if not body:
             raise HTTPException(422, f"the query {kind} is empty")
         suffix = mimetypes.guess_extension(content_type) or (".jpg" if kind == "image" else ".mp4")
-        return await run_in_threadpool(search_uploaded, chosen, bytes(body), kind, suffix, k)
+        return await run_in_threadpool(search_uploaded, chosen, body, kind, suffix, k)
 
-    def search_uploaded(chosen: Collection, body: bytes, kind: str, suffix: str, k: int) -> dict:
+    def search_uploaded(chosen: Collection, body: bytearray, kind: str, suffix: str, k: int) -> dict:
         with tempfile.TemporaryDirectory(prefix="petvr-query-") as folder:
             path = Path(folder) / f"query{suffix}"
             path.write_bytes(body)

@@ -35,18 +35,17 @@ class EditingWorldSize:
     layout: ClipLayout
 
 
+# Events of 1-6 s, gaps of 1-7 s, 0.5-4 s before the first and after the last (frames at VIDEO_FPS).
+LONG_VIDEO_LAYOUT = ClipLayout(num_events=(3, 5), event_frames=(8, 48), gap_frames=(8, 56), edge_frames=(4, 32))
 EDITING_WORLD_SIZES = {
     "tiny": EditingWorldSize(4, 2, ClipLayout(num_events=(2, 3), event_frames=(6, 16), gap_frames=(8, 24),
                                               edge_frames=(4, 12))),
-    "small": EditingWorldSize(64, 24, ClipLayout(num_events=(3, 5), event_frames=(8, 48), gap_frames=(8, 56),
-                                                 edge_frames=(4, 32))),
-    # small's layout with four times the validation videos (about 380 queries, so one query is 0.26 points of R@1)
-    # and half again the training videos: what benchmarks/editing.py measures on
-    "medium": EditingWorldSize(96, 96, ClipLayout(num_events=(3, 5), event_frames=(8, 48), gap_frames=(8, 56),
-                                                  edge_frames=(4, 32))),
+    "small": EditingWorldSize(64, 24, LONG_VIDEO_LAYOUT),
+    # four times small's validation videos (about 390 queries, so one query is 0.25 points of R@1) and half again
+    # the training videos: what benchmarks/editing.py measures on
+    "medium": EditingWorldSize(96, 96, LONG_VIDEO_LAYOUT),
     # four times medium's training videos: whether more training data lets clip quality show
-    "large": EditingWorldSize(384, 96, ClipLayout(num_events=(3, 5), event_frames=(8, 48), gap_frames=(8, 56),
-                                                  edge_frames=(4, 32))),
+    "large": EditingWorldSize(384, 96, LONG_VIDEO_LAYOUT),
 }
 
 
