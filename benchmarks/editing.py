@@ -1,19 +1,20 @@
 """Training from single timestamps with clip editing, on the synthetic long-video world: the numbers and the timeline
 of docs/editing.md.
 
-For each method (CLIP4Clip meanP and Houlsby adapters, the best adapter method of docs/results.md when this was written;
-DGL, now ahead, embeds each video whole, so its teacher would score every candidate clip separately), three trainings
-with the same total number of epochs, each from the recipe's starting weights:
+For each method (CLIP4Clip meanP and Houlsby adapters, the best adapter method of docs/results.md; DGL, ahead of
+both, embeds each video whole, so its teacher would score every candidate clip separately) and each training seed,
+students that all train the warm-up's number of epochs from the recipe's starting weights (the editing default
+``student = "restart"``), so that only the clips differ:
 
-- initial: the initial clips (midpoint rule) for warm-up + rounds epochs;
-- edited: warm-up on the initial clips, then the editing rounds (the teacher edits, the student trains one epoch per
-  round); the recipe's early stop is turned off (patience = rounds) so every row trains the same number of epochs;
+- initial: the warm-up, on the initial clips (midpoint rule);
+- edited: each editing round's student, on that round's clips (the teacher edits, then a new student trains); the
+  early stop is turned off (patience = rounds) so every seed runs every round;
 - ground truth: each caption's annotated span, the upper bound.
 
 Reported: text-to-clip R@1/5/10 on the world's val split (each caption against every val clip) after the last epoch
-(and, for editing, of the teacher, the best validated stage), the mean IoU of the initial and the final edited clips
-with the ground truth, and the cost of editing (the teacher's scoring passes, and whole rounds) as time relative to
-the warm-up.
+(for editing, of the last round's student and of the teacher, the best validated stage), the mean IoU of the initial
+and the final edited clips with the ground truth, and the cost of editing (the teacher's scoring passes, and whole
+rounds) as time relative to the warm-up.
 
     python benchmarks/editing.py --workdir /tmp/petvr-editing            # writes docs/editing.md's results section
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -53,8 +55,22 @@ def condition(recipe: dict, run_dir: Path, which: str, epochs: int) -> dict:
     return {"metrics": metrics, "mean_iou": mean_iou(clips), "seconds": time.perf_counter() - started}
 
 
+RECALL_KEYS = ("R@1", "R@5", "R@10", "MdR")
+
+
 def recall(metrics: dict) -> str:
-    return " | ".join(f"{metrics['t2v'][key]:.1f}" for key in ("R@1", "R@5", "R@10", "MdR"))
+    return " | ".join(f"{metrics['t2v'][key]:.1f}" for key in RECALL_KEYS)
+
+
+def spread(values: list[float]) -> str:
+    """Mean, and ± the standard deviation across seeds when there are several."""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def recall_over_seeds(metrics: list[dict]) -> str:
+    return " | ".join(spread([m["t2v"][key] for m in metrics]) for key in RECALL_KEYS)
 
 
 def main() -> None:
@@ -66,8 +82,9 @@ def main() -> None:
     parser.add_argument("--timeline-videos", type=int, default=3)
     parser.add_argument("--max-frames", type=int, default=4, help="frames per clip (the recipes say 6)")
     parser.add_argument("--batch-size", type=int, default=16, help="the recipes say 32; smaller: more steps")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per method (the clicks stay the same)")
     parser.add_argument("--world-size", default="medium", choices=sorted(EDITING_WORLD_SIZES),
-                        help="the long-video world (medium: 96 training and 96 validation videos)")
+                        help="the long-video world (medium: 400 training and 100 validation videos)")
     parser.add_argument("--out", default="docs", help="where editing.md (its results section), editing.json and "
                                                       "editing_timeline.png go")
     parser.add_argument("--report-only", action="store_true",
@@ -76,24 +93,25 @@ def main() -> None:
     workdir, out = Path(args.workdir), Path(args.out)
     started = time.perf_counter()
     folder = generate_editing_world(workdir / "world", size=args.world_size)
-    total_epochs = args.warmup_epochs + args.rounds
     for label in [] if args.report_only else args.methods:
-        overrides = [f'data.root="{folder}"', f'data.cache_dir="{workdir / "cache"}"',
-                     f"train.epochs={args.warmup_epochs}", f"editing.rounds={args.rounds}",
-                     f"editing.patience={args.rounds}", f"editing.timeline_videos={args.timeline_videos}",
-                     f"data.sampling.max_frames={args.max_frames}", f"train.batch_size={args.batch_size}",
-                     f"train.lr={LEARNING_RATES[label]}"]
-        recipe = load_recipe(RECIPES[label], overrides)
-        runs = workdir / "runs" / label
-        shutil.rmtree(runs, ignore_errors=True)
-        EditingRun(recipe, runs / "edited", progress=False).run(resume=False)
-        for which in ("initial", "ground truth"):
-            row = condition(recipe, runs / which.replace(" ", "-"), which, total_epochs)
-            print(f"{label}, {which}: t2v R@1/5/10 {recall(row['metrics'])}")
-    results = {label: collected(workdir / "runs" / label, total_epochs) for label in args.methods}
-    results = {label: rows for label, rows in results.items() if rows}
-    for label, rows in results.items():
-        shutil.copyfile(rows["edited"]["timeline"], out / f"editing_timeline_{label}.png")
+        for seed in range(args.seeds):
+            overrides = [f'data.root="{folder}"', f'data.cache_dir="{workdir / "cache"}"',
+                         f"train.epochs={args.warmup_epochs}", f"editing.rounds={args.rounds}",
+                         f"editing.patience={args.rounds}", f"editing.timeline_videos={args.timeline_videos}",
+                         f"data.sampling.max_frames={args.max_frames}", f"train.batch_size={args.batch_size}",
+                         f"train.lr={LEARNING_RATES[label]}", f"train.seed={seed}", 'editing.student="restart"']
+            recipe = load_recipe(RECIPES[label], overrides)
+            runs = workdir / "runs" / label / f"seed-{seed}"
+            shutil.rmtree(runs, ignore_errors=True)
+            EditingRun(recipe, runs / "edited", progress=False).run(resume=False)
+            row = condition(recipe, runs / "ground-truth", "ground truth", args.warmup_epochs)
+            print(f"{label}, seed {seed}, ground truth: t2v R@1/5/10/MdR {recall(row['metrics'])}")
+    results = {label: [rows for seed in range(args.seeds)
+                       if (rows := collected(workdir / "runs" / label / f"seed-{seed}", args.warmup_epochs))]
+               for label in args.methods}
+    results = {label: seeds for label, seeds in results.items() if seeds}
+    for label, seeds in results.items():
+        shutil.copyfile(seeds[0]["edited"]["timeline"], out / f"editing_timeline_{label}.png")
     elapsed = time.perf_counter() - started
     (out / "editing.json").write_text(json.dumps({"results": results, "seconds": elapsed, "warmup_epochs":
                                                   args.warmup_epochs, "rounds": args.rounds}, indent=1, default=str))
@@ -107,72 +125,85 @@ def main() -> None:
 
 
 def collected(runs: Path, epochs: int) -> dict:
-    """What finished in a method's run folders: the editing state, and the last evaluation of the initial and
-    ground-truth trainings when they reached ``epochs``."""
+    """What finished in one seed's run folders: the editing state (its warm-up is the training on the initial clips),
+    and the last evaluation of the ground-truth training when it reached ``epochs``."""
     state_file = runs / "edited" / "editing.json"
     if not state_file.is_file() or json.loads(state_file.read_text()).get("stopped") is None:
         return {}
     edited = json.loads(state_file.read_text())
     edited["timeline"] = str(runs / "edited" / "timeline.png")
-    rows = {"edited": edited}
-    for which in ("initial", "ground truth"):
-        stage = which.replace(" ", "-")
-        log = runs / stage / stage / "metrics.jsonl"
-        evaluations = [json.loads(line) for line in log.read_text().splitlines() if '"eval"' in line] \
-            if log.is_file() else []
-        if evaluations and evaluations[-1]["epoch"] == epochs:
-            rows[which] = {"metrics": evaluations[-1]["eval"],
-                           "mean_iou": edited["warmup"]["mean_iou"] if which == "initial" else 1.0}
+    rows = {"edited": edited, "initial": {"metrics": edited["warmup"]["metrics"],
+                                          "mean_iou": edited["warmup"]["mean_iou"]}}
+    log = runs / "ground-truth" / "ground-truth" / "metrics.jsonl"
+    evaluations = [json.loads(line) for line in log.read_text().splitlines() if '"eval"' in line] \
+        if log.is_file() else []
+    if evaluations and evaluations[-1]["epoch"] == epochs:
+        rows["ground truth"] = {"metrics": evaluations[-1]["eval"], "mean_iou": 1.0}
     return rows
+
+
+def teacher_metrics(edited: dict) -> dict:
+    """The validation metrics of the stage the teacher's weights came from."""
+    if edited["teacher"]["stage"] == "warmup":
+        return edited["warmup"]["metrics"]
+    return next(r["metrics"] for r in edited["rounds"] if f"round-{r['round']:02d}" == edited["teacher"]["stage"])
 
 
 def report(results: dict, args, elapsed: float, folder: Path) -> str:
     world = EDITING_WORLD_SIZES[args.world_size]
-    queries = next((rows["edited"]["warmup"]["metrics"]["t2v"].get("queries", "?") for rows in results.values()), "?")
+    queries = next((seeds[0]["edited"]["warmup"]["metrics"]["t2v"].get("queries", "?") for seeds in results.values()),
+                   "?")
+    counts = sorted({len(seeds) for seeds in results.values()})
+    metric = " / ".join(sorted({rows["edited"]["editing"]["metric"] for seeds in results.values() for rows in seeds}))
     origin = ("`python benchmarks/editing.py --report-only` from one run's folders" if args.report_only
               else f"`python benchmarks/editing.py` in one run ({elapsed / 60:.1f} min on 2 CPU cores)")
     lines = [f"Written by {origin}; "
              f"do not edit by hand. World: the synthetic long-video world, size {args.world_size} "
              f"(`{folder.parent.name}/{folder.name}`: {world.train} training videos, {world.val} val videos, "
-             f"{queries} val queries); text-to-clip R@K in percent "
-             f"on its val clips. Every row trains {args.warmup_epochs + args.rounds} epochs; editing = "
-             f"{args.warmup_epochs} warm-up epochs + {args.rounds} rounds of 1 epoch; {args.max_frames} frames per clip, "
-             f"batch {args.batch_size}, lr " + ", ".join(f"{LEARNING_RATES[label]:g} ({label})" for label in results)
-             + ". MdR: median rank of the right clip.", "",
+             f"{queries} val queries); text-to-clip R@K in percent on its val clips, mean ± standard deviation over "
+             f"{' or '.join(map(str, counts))} training seeds (the same clicks). Every student trains "
+             f"{args.warmup_epochs} epochs from the recipe's starting weights; editing runs {args.rounds} rounds after "
+             f"the warm-up; {args.max_frames} frames per clip, batch {args.batch_size}, lr "
+             + ", ".join(f"{LEARNING_RATES[label]:g} ({label})" for label in results)
+             + ". MdR: median rank of the right clip. The teacher row is the stage with the best validation "
+               f"{metric}, chosen on these same val clips (so it is optimistic).", "",
              "| method | clips trained on | t2v R@1 | t2v R@5 | t2v R@10 | t2v MdR | mean IoU with ground truth |",
              "|---|---|---|---|---|---|---|"]
-    for label, rows in results.items():
-        edited = rows["edited"]
-        last = edited["rounds"][-1]
-        teacher = edited["teacher"]
-        teacher_metrics = (edited["warmup"]["metrics"] if teacher["stage"] == "warmup"
-                           else next(r["metrics"] for r in edited["rounds"] if f"round-{r['round']:02d}" == teacher["stage"]))
+    for label, seeds in results.items():
+        edited = [rows["edited"] for rows in seeds]
+        initial = [rows["initial"]["metrics"] for rows in seeds if "initial" in rows]
+        truth = [rows["ground truth"]["metrics"] for rows in seeds if "ground truth" in rows]
         missing = "not finished | | | |"
-        initial = rows.get("initial")
-        truth = rows.get("ground truth")
-        lines += [f"| {label} | initial (midpoint), warm-up only ({args.warmup_epochs} epochs) | "
-                  f"{recall(edited['warmup']['metrics'])} | {edited['warmup']['mean_iou']:.3f} |",
-                  f"| {label} | initial (midpoint) | {recall(initial['metrics']) if initial else missing} | "
-                  f"{edited['warmup']['mean_iou']:.3f} |",
-                  f"| {label} | edited, last round | {recall(last['metrics'])} | {last['mean_iou']:.3f} |",
-                  f"| {label} | edited, teacher ({teacher['stage']}) | {recall(teacher_metrics)} | |",
-                  f"| {label} | ground truth (upper bound) | {recall(truth['metrics']) if truth else missing} | 1.000 |"]
-    lines += ["", "Per round (validation t2v R@1, whether the teacher took the student's weights, clips moved, "
-              "mean IoU of the round's clips) and the cost of editing:", ""]
-    for label, rows in results.items():
-        edited = rows["edited"]
-        warmup = edited["warmup"]["seconds"]
-        scoring = sum(entry["edit_seconds"] for entry in edited["rounds"])
-        rounds = sum(entry["seconds"] for entry in edited["rounds"])
-        steps = ", ".join(f"round {entry['round']}: R@1 {entry['score']:.1f}"
-                          f"{' (teacher updated)' if entry['teacher_updated'] else ''}, {entry['moved']} moved, "
-                          f"IoU {entry['mean_iou']:.3f}" for entry in edited["rounds"])
-        lines.append(f"- {label}: warm-up R@1 {edited['warmup']['score']:.1f}, IoU {edited['warmup']['mean_iou']:.3f}; "
-                     f"{steps}. Warm-up {warmup:.0f} s ({args.warmup_epochs} epochs); the teacher's scoring passes "
-                     f"took {scoring:.0f} s in all ({scoring / warmup:.2f}x the warm-up, {scoring / args.rounds:.0f} s "
-                     f"a round); whole rounds (scoring + 1 epoch + validation) {rounds:.0f} s ({rounds / warmup:.2f}x "
-                     "the warm-up).")
-    lines += [""] + [f"![timeline, {label}](editing_timeline_{label}.png)" for label in results] + [""]
+        initial_iou = f"{edited[0]['warmup']['mean_iou']:.3f}"
+        edited_iou = f"{statistics.fmean(e['rounds'][-1]['mean_iou'] for e in edited):.3f}"
+        stages = ", ".join(e["teacher"]["stage"] for e in edited)
+        lines += [f"| {label} | initial (midpoint): the warm-up | {recall_over_seeds(initial)} | {initial_iou} |",
+                  f"| {label} | edited, last round's student | "
+                  f"{recall_over_seeds([e['rounds'][-1]['metrics'] for e in edited])} | {edited_iou} |",
+                  f"| {label} | edited, teacher ({stages}) | {recall_over_seeds([teacher_metrics(e) for e in edited])}"
+                  " | |",
+                  f"| {label} | ground truth (upper bound) | {recall_over_seeds(truth) if truth else missing} | "
+                  "1.000 |"]
+    lines += ["", "Per seed and round (the validation metric, whether the teacher took the student's weights, clips "
+              "moved, mean IoU of the round's clips) and the cost of editing:", ""]
+    for label, seeds in results.items():
+        for seed, rows in enumerate(seeds):
+            edited = rows["edited"]
+            warmup = edited["warmup"]["seconds"]
+            scoring = sum(entry["edit_seconds"] for entry in edited["rounds"])
+            rounds = sum(entry["seconds"] for entry in edited["rounds"])
+            steps = ", ".join(f"round {entry['round']}: {edited['editing']['metric']} {entry['score']:.1f}"
+                              f"{' (teacher updated)' if entry['teacher_updated'] else ''}, {entry['moved']} moved, "
+                              f"IoU {entry['mean_iou']:.3f}" for entry in edited["rounds"])
+            lines.append(f"- {label}, seed {seed}: warm-up {edited['editing']['metric']} "
+                         f"{edited['warmup']['score']:.1f}, IoU "
+                         f"{edited['warmup']['mean_iou']:.3f}; {steps}. Warm-up {warmup:.0f} s ({args.warmup_epochs} "
+                         f"epochs); the teacher's scoring passes took {scoring:.0f} s in all ({scoring / warmup:.2f}x "
+                         f"the warm-up, {scoring / args.rounds:.0f} s a round); whole rounds (scoring + "
+                         f"{args.warmup_epochs} epochs + validation) {rounds:.0f} s ({rounds / warmup:.2f}x the "
+                         "warm-up).")
+    lines += ["", "Timelines (seed 0):", ""]
+    lines += [f"![timeline, {label}](editing_timeline_{label}.png)" for label in results] + [""]
     return "\n".join(lines) + "\n"
 
 

@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from petvr.editing import read_clip_rounds
 from petvr.editing import run as editing_run
 from petvr.editing.run import EditingRun
-from petvr.synthetic.editing_world import cutaway_frames, generate_editing_world, render_with_cutaways
+from petvr.synthetic.editing_world import LongVideoSpec, cutaway_frames, generate_editing_world, render_long_video
 from petvr.training.recipe import load_recipe
+from petvr.training.run import build_model
 
 
 @pytest.fixture(scope="session")
@@ -33,12 +34,13 @@ def run(editing_world, run_dir, *overrides, name="editing/clip4clip_meanP", resu
 
 
 def scripted_scores(monkeypatch, scores):
-    """Validation gives these t2v R@1 values in turn (one per epoch: each stage trains one epoch here)."""
+    """Validation gives these R@K values in turn (one per epoch: each stage trains one epoch here)."""
     calls = iter(scores)
 
     def evaluate(self, model):
         value = next(calls)
-        return {"t2v": {"R@1": value}, "v2t": {"R@1": value}}
+        recalls = {key: value for key in ("R@1", "R@5", "R@10")}
+        return {"t2v": recalls, "v2t": recalls}
 
     monkeypatch.setattr(EditingRun, "evaluate", evaluate)
 
@@ -47,20 +49,31 @@ def weights(folder):
     return load_file(str(folder / "adapter.safetensors"))
 
 
-def test_the_world_cuts_away_between_events_and_its_initial_clips_miss(editing_world):
+def test_the_world_cuts_away_between_scenes_and_its_initial_clips_miss(editing_world):
     from petvr.data.readers import read_activitynet
-    from petvr.synthetic.videos import VideoSpec
+    from petvr.editing import EditingConfig, initial_clips, mean_iou
+    from petvr.synthetic.videos import render_video
 
     folder, _ = editing_world
     specs = json.loads((folder / "events.json").read_text())
-    spec = VideoSpec.from_json(next(iter(specs.values())))
-    frames = render_with_cutaways(spec)
+    spec = LongVideoSpec.from_json(next(iter(specs.values())))
+    frames = render_long_video(spec)
     outside = cutaway_frames(spec)
-    assert len(outside) > 0 and len(outside) + sum(e.end - e.start + 1 for e in spec.events) == spec.num_frames
-    event = spec.events[0]
-    assert not (frames[event.start] == frames[outside[0]]).all()
+    spans = spec.spans()
+    assert len(outside) > 0 and len(outside) + sum(end - start + 1 for start, end in spans) == spec.num_frames
+    assert all(previous_end < start for (_, previous_end), (start, _) in zip(spans, spans[1:]))
+    for scene, (start, end) in zip(spec.scenes, spans):  # each scene is rendered in place, cut-aways elsewhere
+        assert (frames[start:end + 1] == render_video(scene)).all()
+    assert not (frames[spans[0][0]] == frames[outside[0]]).all()
+    annotation = json.loads((folder / "train.json").read_text())
+    first = annotation[next(iter(specs))]
+    assert first["timestamps"] == [[start / spec.fps, (end + 1) / spec.fps] for start, end in spans]
+    assert len(first["sentences"]) == len(spec.scenes)
     split = read_activitynet(folder, folder / "videos", split="train", mode="sentence", timestamps="uniform")
     assert all(len(video.captions) >= 2 and video.caption_timestamps for video in split.videos)
+    videos = [(v.video_id, v.path, v.duration, v.captions, v.caption_timestamps, v.reference_times)
+              for v in split.videos]
+    assert mean_iou(initial_clips(videos, EditingConfig(min_length=1.0, max_length=12.0))) < 0.8
 
 
 def test_the_teacher_takes_the_students_weights_only_when_validation_improves(editing_world, tmp_path, monkeypatch):
@@ -73,6 +86,11 @@ def test_the_teacher_takes_the_students_weights_only_when_validation_improves(ed
                                                                           "round-02/adapter"))
     assert all(torch.equal(teacher[key], better[key]) for key in teacher)
     assert any(not torch.equal(teacher[key], worse[key]) for key in teacher)
+    # every round's student starts from the recipe's starting weights (student = "restart"), not from the warm-up
+    start, warmup = weights(tmp_path / "run" / "start"), weights(tmp_path / "run" / "warmup" / "adapter")
+    built = build_model(recipe(editing_world), "cpu").state_dict()
+    assert start.keys() == warmup.keys() and all(torch.equal(start[key], built[key]) for key in start)
+    assert any(not torch.equal(start[key], warmup[key]) for key in start)
     rounds = read_clip_rounds(tmp_path / "run" / "clips.jsonl")
     assert sorted(rounds) == [0, 1, 2] and len(rounds[0]) == len(rounds[2])
     for row in rounds[2].values():
@@ -104,8 +122,9 @@ def test_editing_works_for_different_methods_through_one_code_path(editing_world
     assert (tmp_path / "run" / "warmup" / "metrics.jsonl").is_file()
 
 
+@pytest.mark.parametrize("student, begins_at", [("restart", "start"), ("continue", "round-01/adapter")])
 def test_a_run_resumed_in_the_middle_of_the_rounds_continues_from_the_same_clips(editing_world, tmp_path,
-                                                                               monkeypatch):
+                                                                               monkeypatch, student, begins_at):
     scripted_scores(monkeypatch, [10.0, 20.0, 30.0, 40.0])
     original = EditingRun.train_stage
 
@@ -116,7 +135,7 @@ def test_a_run_resumed_in_the_middle_of_the_rounds_continues_from_the_same_clips
 
     monkeypatch.setattr(EditingRun, "train_stage", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run(editing_world, tmp_path / "run", "editing.rounds=2")
+        run(editing_world, tmp_path / "run", "editing.rounds=2", f'editing.student="{student}"')
     written = (tmp_path / "run" / "clips.jsonl").read_text()
     assert sorted(read_clip_rounds(tmp_path / "run" / "clips.jsonl")) == [0, 1, 2]
 
@@ -128,11 +147,11 @@ def test_a_run_resumed_in_the_middle_of_the_rounds_continues_from_the_same_clips
 
     monkeypatch.setattr(EditingRun, "train_stage", recorded)
     monkeypatch.setattr(editing_run, "edit_clips", lambda *args: pytest.fail("round 2's clips were edited again"))
-    state = run(editing_world, tmp_path / "run", "editing.rounds=2")
+    state = run(editing_world, tmp_path / "run", "editing.rounds=2", f'editing.student="{student}"')
     assert (tmp_path / "run" / "clips.jsonl").read_text() == written
     rows = read_clip_rounds(tmp_path / "run" / "clips.jsonl")[2]
     assert [name for name, _, _ in trained] == ["round-02"]
     assert trained[0][1] == [(row["start"], row["end"]) for row in rows.values()]
-    assert trained[0][2] == tmp_path / "run" / "round-01" / "adapter"
+    assert trained[0][2] == tmp_path / "run" / begins_at
     assert [entry["round"] for entry in state["rounds"]] == [1, 2] and state["teacher"]["stage"] == "round-02"
     assert state["stopped"] == "2 rounds done"

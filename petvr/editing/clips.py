@@ -14,6 +14,7 @@ from pathlib import Path
 from ..typed_config import dataclass_from_dict
 
 INITIAL_RULES = ("midpoint", "fixed")
+STUDENT_STARTS = ("restart", "continue")
 
 
 @dataclass
@@ -29,9 +30,12 @@ class EditingConfig:
     moving the start, the end, or both outwards or inwards by 1..``num_steps`` steps of ``step`` seconds; every
     candidate contains the timestamp and keeps the length limits. The best candidate replaces the clip when its score
     (caption-clip cosine similarity) beats the current clip's by more than ``margin``. The student then trains
-    ``epochs_per_round`` epochs on the edited clips and is validated; the teacher takes its weights when the
-    validation ``metric`` improves. Editing stops after ``rounds`` rounds, or after ``patience`` rounds in a row
-    without improvement.
+    ``epochs_per_round`` epochs (by default as many as the warm-up) on the edited clips and is validated; the teacher
+    takes its weights when the validation ``metric`` improves. ``student = "restart"`` (the default) starts every
+    round's student from the recipe's starting weights, so that, with the default ``epochs_per_round``, a student
+    differs from the warm-up model only in the clips it trained on and the comparison that decides the teacher update
+    is fair; ``"continue"`` trains on from the previous round's student (cheaper, but then a student has also had more
+    epochs). Editing stops after ``rounds`` rounds, or after ``patience`` rounds in a row without improvement.
     """
 
     initial: str = "midpoint"
@@ -39,7 +43,8 @@ class EditingConfig:
     max_length: float = 60.0
     fixed_width: float = 10.0
     rounds: int = 3
-    epochs_per_round: int = 1
+    epochs_per_round: int | None = None  # None: as many as the warm-up ([train] epochs)
+    student: str = "restart"
     step: float = 1.0
     num_steps: int = 2
     margin: float = 0.0
@@ -52,13 +57,15 @@ class EditingConfig:
         problems = []
         if self.initial not in INITIAL_RULES:
             problems.append(f"initial must be one of {INITIAL_RULES}, got {self.initial!r}")
+        if self.student not in STUDENT_STARTS:
+            problems.append(f"student must be one of {STUDENT_STARTS}, got {self.student!r}")
         if not 0 < self.min_length <= self.max_length:
             problems.append(f"need 0 < min_length <= max_length, got {self.min_length} and {self.max_length}")
         for name in ("fixed_width", "step"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)!r}")
         for name in ("epochs_per_round", "num_steps", "patience", "score_batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)!r}")
         for name in ("rounds", "timeline_videos"):
             if getattr(self, name) < 0:

@@ -7,6 +7,7 @@ The run folder holds, besides one ordinary ``Trainer`` run folder per stage (``w
 - ``editing.json``: the stages done, each round's validation metrics, whether the teacher took the student's weights,
   the mean IoU of the clips with the ground truth, the time each stage took;
 - ``adapter/``: the teacher, i.e. the best validated weights (``petvr eval RUN/adapter``);
+- ``start/``: the recipe's starting weights, where every round's student begins (``student = "restart"``);
 - ``timeline.png``: ground-truth, initial and edited spans of each caption per round, for a few videos.
 
 Resuming (the default) skips the finished stages, reuses the clips a round already wrote (so an interrupted round
@@ -44,6 +45,7 @@ from .timeline import write_timeline
 CLIPS_FILE = "clips.jsonl"
 STATE_FILE = "editing.json"
 TEACHER = "adapter"
+START = "start"  # the recipe's starting weights, where every round's student begins (student = "restart")
 TIMELINE = "timeline.png"
 
 
@@ -192,11 +194,14 @@ class EditingRun:
         if not resume:  # forget every stage and every round's clips (the frame cache stays)
             for name in (STATE_FILE, CLIPS_FILE, TIMELINE):
                 (self.run_dir / name).unlink(missing_ok=True)
-            for folder in [self.run_dir / TEACHER, self.run_dir / "warmup", *self.run_dir.glob("round-*")]:
+            for folder in [self.run_dir / TEACHER, self.run_dir / START, self.run_dir / "warmup",
+                           *self.run_dir.glob("round-*")]:
                 shutil.rmtree(folder, ignore_errors=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
         state = self._state()
+        if not (self.run_dir / START).is_dir():
+            self.model.save_adapter(self.run_dir / START, self.recipe)
         written = read_clip_rounds(self.run_dir / CLIPS_FILE)
         clips = initial_clips(self.videos, self.config)
         if 0 in written:
@@ -235,8 +240,9 @@ class EditingRun:
                 moved = sum(edit.moved for edit in edits)
                 self._write_round(round_number, clips, [edit.score for edit in edits])
                 written[round_number] = read_clip_rounds(self.run_dir / CLIPS_FILE)[round_number]
-            metrics = self.train_stage(stage, clips, self.config.epochs_per_round,
-                                       self.run_dir / previous_stage / "adapter")
+            student_start = START if self.config.student == "restart" else f"{previous_stage}/adapter"
+            epochs = self.config.epochs_per_round or self.train_config.epochs
+            metrics = self.train_stage(stage, clips, epochs, self.run_dir / student_start)
             score = self._score(metrics)
             improved = score > state["teacher"]["score"]
             if improved:
