@@ -83,6 +83,11 @@ def main() -> None:
     parser.add_argument("--max-frames", type=int, default=4, help="frames per clip (the recipes say 6)")
     parser.add_argument("--batch-size", type=int, default=16, help="the recipes say 32; smaller: more steps")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per method (the clicks stay the same)")
+    parser.add_argument("--first-teachers", nargs="+", default=["warmup", "start"], choices=["warmup", "start"],
+                        help="who edits first: the warmed-up model (the paper's order) and/or the starting weights")
+    parser.add_argument("--keep-finished", action="store_true",
+                        help="reuse the runs in --workdir that finished (same settings assumed) instead of redoing "
+                             "them")
     parser.add_argument("--world-size", default="medium", choices=sorted(EDITING_WORLD_SIZES),
                         help="the long-video world (medium: 400 training and 100 validation videos)")
     parser.add_argument("--out", default="docs", help="where editing.md (its results section), editing.json and "
@@ -100,18 +105,25 @@ def main() -> None:
                          f"editing.patience={args.rounds}", f"editing.timeline_videos={args.timeline_videos}",
                          f"data.sampling.max_frames={args.max_frames}", f"train.batch_size={args.batch_size}",
                          f"train.lr={LEARNING_RATES[label]}", f"train.seed={seed}", 'editing.student="restart"']
-            recipe = load_recipe(RECIPES[label], overrides)
             runs = workdir / "runs" / label / f"seed-{seed}"
-            shutil.rmtree(runs, ignore_errors=True)
-            EditingRun(recipe, runs / "edited", progress=False).run(resume=False)
-            row = condition(recipe, runs / "ground-truth", "ground truth", args.warmup_epochs)
+            for teacher in args.first_teachers:
+                if args.keep_finished and finished_editing(runs / f"edited-{teacher}") is not None:
+                    continue
+                recipe = load_recipe(RECIPES[label], [*overrides, f'editing.first_teacher="{teacher}"'])
+                EditingRun(recipe, runs / f"edited-{teacher}", progress=False).run(resume=False)
+            if args.keep_finished and last_evaluation(runs, args.warmup_epochs) is not None:
+                continue
+            shutil.rmtree(runs / "ground-truth", ignore_errors=True)
+            row = condition(load_recipe(RECIPES[label], overrides), runs / "ground-truth", "ground truth",
+                            args.warmup_epochs)
             print(f"{label}, seed {seed}, ground truth: t2v R@1/5/10/MdR {recall(row['metrics'])}")
     results = {label: [rows for seed in range(args.seeds)
-                       if (rows := collected(workdir / "runs" / label / f"seed-{seed}", args.warmup_epochs))]
+                       if (rows := collected(workdir / "runs" / label / f"seed-{seed}", args))]
                for label in args.methods}
     results = {label: seeds for label, seeds in results.items() if seeds}
     for label, seeds in results.items():
-        shutil.copyfile(seeds[0]["edited"]["timeline"], out / f"editing_timeline_{label}.png")
+        for teacher, edited in seeds[0]["edited"].items():
+            shutil.copyfile(edited["timeline"], out / f"editing_timeline_{label}_{teacher}.png")
     elapsed = time.perf_counter() - started
     (out / "editing.json").write_text(json.dumps({"results": results, "seconds": elapsed, "warmup_epochs":
                                                   args.warmup_epochs, "rounds": args.rounds}, indent=1, default=str))
@@ -124,37 +136,58 @@ def main() -> None:
           f"{out}/editing_timeline_*.png")
 
 
-def collected(runs: Path, epochs: int) -> dict:
-    """What finished in one seed's run folders: the editing state (its warm-up is the training on the initial clips),
-    and the last evaluation of the ground-truth training when it reached ``epochs``."""
-    state_file = runs / "edited" / "editing.json"
-    if not state_file.is_file() or json.loads(state_file.read_text()).get("stopped") is None:
-        return {}
-    edited = json.loads(state_file.read_text())
-    edited["timeline"] = str(runs / "edited" / "timeline.png")
-    rows = {"edited": edited, "initial": {"metrics": edited["warmup"]["metrics"],
-                                          "mean_iou": edited["warmup"]["mean_iou"]}}
+def finished_editing(folder: Path) -> dict | None:
+    """An editing run's state when it finished, else None."""
+    state_file = folder / "editing.json"
+    if not state_file.is_file():
+        return None
+    state = json.loads(state_file.read_text())
+    return state if state.get("stopped") is not None else None
+
+
+def last_evaluation(runs: Path, epochs: int) -> dict | None:
+    """The ground-truth training's last evaluation when it reached ``epochs``, else None."""
     log = runs / "ground-truth" / "ground-truth" / "metrics.jsonl"
     evaluations = [json.loads(line) for line in log.read_text().splitlines() if '"eval"' in line] \
         if log.is_file() else []
-    if evaluations and evaluations[-1]["epoch"] == epochs:
-        rows["ground truth"] = {"metrics": evaluations[-1]["eval"], "mean_iou": 1.0}
+    return evaluations[-1]["eval"] if evaluations and evaluations[-1]["epoch"] == epochs else None
+
+
+def collected(runs: Path, args) -> dict:
+    """What finished in one seed's run folders: each first teacher's editing state (every warm-up is the same
+    training on the initial clips), and the ground-truth training's last evaluation."""
+    edited = {}
+    for teacher in args.first_teachers:
+        state = finished_editing(runs / f"edited-{teacher}")
+        if state is not None:
+            edited[teacher] = {**state, "timeline": str(runs / f"edited-{teacher}" / "timeline.png")}
+    if not edited:
+        return {}
+    warmup = next(iter(edited.values()))["warmup"]
+    rows = {"edited": edited, "initial": {"metrics": warmup["metrics"], "mean_iou": warmup["mean_iou"]}}
+    truth = last_evaluation(runs, args.warmup_epochs)
+    if truth is not None:
+        rows["ground truth"] = {"metrics": truth, "mean_iou": 1.0}
     return rows
 
 
 def teacher_metrics(edited: dict) -> dict:
     """The validation metrics of the stage the teacher's weights came from."""
-    if edited["teacher"]["stage"] == "warmup":
-        return edited["warmup"]["metrics"]
-    return next(r["metrics"] for r in edited["rounds"] if f"round-{r['round']:02d}" == edited["teacher"]["stage"])
+    stage = edited["teacher"]["stage"]
+    if stage in ("warmup", "start"):
+        return edited[stage]["metrics"]
+    return next(r["metrics"] for r in edited["rounds"] if f"round-{r['round']:02d}" == stage)
+
+
+FIRST_TEACHER_NAMES = {"warmup": "the warm-up (the paper's order)", "start": "the starting weights (ours)"}
 
 
 def report(results: dict, args, elapsed: float, folder: Path) -> str:
     world = EDITING_WORLD_SIZES[args.world_size]
-    queries = next((seeds[0]["edited"]["warmup"]["metrics"]["t2v"].get("queries", "?") for seeds in results.values()),
-                   "?")
+    queries = next((seeds[0]["initial"]["metrics"]["t2v"].get("queries", "?") for seeds in results.values()), "?")
     counts = sorted({len(seeds) for seeds in results.values()})
-    metric = " / ".join(sorted({rows["edited"]["editing"]["metric"] for seeds in results.values() for rows in seeds}))
+    metric = " / ".join(sorted({edited["editing"]["metric"] for seeds in results.values() for rows in seeds
+                                for edited in rows["edited"].values()}))
     origin = ("`python benchmarks/editing.py --report-only` from one run's folders" if args.report_only
               else f"`python benchmarks/editing.py` in one run ({elapsed / 60:.1f} min on 2 CPU cores)")
     lines = [f"Written by {origin}; "
@@ -163,47 +196,53 @@ def report(results: dict, args, elapsed: float, folder: Path) -> str:
              f"{queries} val queries); text-to-clip R@K in percent on its val clips, mean ± standard deviation over "
              f"{' or '.join(map(str, counts))} training seeds (the same clicks). Every student trains "
              f"{args.warmup_epochs} epochs from the recipe's starting weights; editing runs {args.rounds} rounds after "
-             f"the warm-up; {args.max_frames} frames per clip, batch {args.batch_size}, lr "
+             f"the warm-up, with the first teacher either the warm-up or the starting weights; "
+             f"{args.max_frames} frames per clip, batch {args.batch_size}, lr "
              + ", ".join(f"{LEARNING_RATES[label]:g} ({label})" for label in results)
-             + ". MdR: median rank of the right clip. The teacher row is the stage with the best validation "
+             + ". MdR: median rank of the right clip. A teacher row is the stage with the best validation "
                f"{metric}, chosen on these same val clips (so it is optimistic).", "",
-             "| method | clips trained on | t2v R@1 | t2v R@5 | t2v R@10 | t2v MdR | mean IoU with ground truth |",
-             "|---|---|---|---|---|---|---|"]
+             "| method | clips trained on | t2v R@1 | t2v R@5 | t2v R@10 | t2v MdR | mean IoU with ground truth "
+             "|", "|---|---|---|---|---|---|---|"]
     for label, seeds in results.items():
-        edited = [rows["edited"] for rows in seeds]
-        initial = [rows["initial"]["metrics"] for rows in seeds if "initial" in rows]
+        initial = [rows["initial"]["metrics"] for rows in seeds]
         truth = [rows["ground truth"]["metrics"] for rows in seeds if "ground truth" in rows]
-        missing = "not finished | | | |"
-        initial_iou = f"{edited[0]['warmup']['mean_iou']:.3f}"
-        edited_iou = f"{statistics.fmean(e['rounds'][-1]['mean_iou'] for e in edited):.3f}"
-        stages = ", ".join(e["teacher"]["stage"] for e in edited)
-        lines += [f"| {label} | initial (midpoint): the warm-up | {recall_over_seeds(initial)} | {initial_iou} |",
-                  f"| {label} | edited, last round's student | "
-                  f"{recall_over_seeds([e['rounds'][-1]['metrics'] for e in edited])} | {edited_iou} |",
-                  f"| {label} | edited, teacher ({stages}) | {recall_over_seeds([teacher_metrics(e) for e in edited])}"
-                  " | |",
-                  f"| {label} | ground truth (upper bound) | {recall_over_seeds(truth) if truth else missing} | "
-                  "1.000 |"]
+        lines.append(f"| {label} | initial (midpoint): the warm-up | {recall_over_seeds(initial)} | "
+                     f"{seeds[0]['initial']['mean_iou']:.3f} |")
+        for teacher, name in FIRST_TEACHER_NAMES.items():
+            edited = [rows["edited"][teacher] for rows in seeds if teacher in rows["edited"]]
+            if not edited:
+                continue
+            iou = statistics.fmean(e["rounds"][-1]["mean_iou"] for e in edited)
+            stages = ", ".join(e["teacher"]["stage"] for e in edited)
+            last = recall_over_seeds([e["rounds"][-1]["metrics"] for e in edited])
+            lines += [f"| {label} | edited, first teacher {name}: last round's student | {last} | {iou:.3f} |",
+                      f"| {label} | edited, first teacher {name}: teacher ({stages}) | "
+                      f"{recall_over_seeds([teacher_metrics(e) for e in edited])} | |"]
+        lines.append(f"| {label} | ground truth (upper bound) | "
+                     f"{recall_over_seeds(truth) if truth else 'not finished | | |'} | 1.000 |")
     lines += ["", "Per seed and round (the validation metric, whether the teacher took the student's weights, clips "
               "moved, mean IoU of the round's clips) and the cost of editing:", ""]
     for label, seeds in results.items():
         for seed, rows in enumerate(seeds):
-            edited = rows["edited"]
-            warmup = edited["warmup"]["seconds"]
-            scoring = sum(entry["edit_seconds"] for entry in edited["rounds"])
-            rounds = sum(entry["seconds"] for entry in edited["rounds"])
-            steps = ", ".join(f"round {entry['round']}: {edited['editing']['metric']} {entry['score']:.1f}"
-                              f"{' (teacher updated)' if entry['teacher_updated'] else ''}, {entry['moved']} moved, "
-                              f"IoU {entry['mean_iou']:.3f}" for entry in edited["rounds"])
-            lines.append(f"- {label}, seed {seed}: warm-up {edited['editing']['metric']} "
-                         f"{edited['warmup']['score']:.1f}, IoU "
-                         f"{edited['warmup']['mean_iou']:.3f}; {steps}. Warm-up {warmup:.0f} s ({args.warmup_epochs} "
-                         f"epochs); the teacher's scoring passes took {scoring:.0f} s in all ({scoring / warmup:.2f}x "
-                         f"the warm-up, {scoring / args.rounds:.0f} s a round); whole rounds (scoring + "
-                         f"{args.warmup_epochs} epochs + validation) {rounds:.0f} s ({rounds / warmup:.2f}x the "
-                         "warm-up).")
+            for teacher, edited in rows["edited"].items():
+                warmup, metric = edited["warmup"]["seconds"], edited["editing"]["metric"]
+                scoring = sum(entry["edit_seconds"] for entry in edited["rounds"])
+                rounds = sum(entry["seconds"] for entry in edited["rounds"])
+                first = (f"the starting weights ({metric} {edited['start']['score']:.1f})" if teacher == "start"
+                         else "the warm-up")
+                steps = ", ".join(f"round {entry['round']}: {entry['score']:.1f}"
+                                  f"{' (teacher updated)' if entry['teacher_updated'] else ''}, {entry['moved']} "
+                                  f"moved, IoU {entry['mean_iou']:.3f}" for entry in edited["rounds"])
+                lines.append(f"- {label}, seed {seed}, first teacher {first}: warm-up {metric} "
+                             f"{edited['warmup']['score']:.1f}, IoU {edited['warmup']['mean_iou']:.3f}; {steps}. "
+                             f"Warm-up {warmup:.0f} s ({args.warmup_epochs} epochs); the teacher's scoring passes took "
+                             f"{scoring:.0f} s in all ({scoring / warmup:.2f}x the warm-up, "
+                             f"{scoring / args.rounds:.0f} s a round); whole rounds (scoring + "
+                             f"{args.warmup_epochs} epochs + validation) "
+                             f"{rounds:.0f} s ({rounds / warmup:.2f}x the warm-up).")
     lines += ["", "Timelines (seed 0):", ""]
-    lines += [f"![timeline, {label}](editing_timeline_{label}.png)" for label in results] + [""]
+    lines += [f"![timeline, {label}, first teacher: {teacher}](editing_timeline_{label}_{teacher}.png)"
+              for label, seeds in results.items() for teacher in seeds[0]["edited"]] + [""]
     return "\n".join(lines) + "\n"
 
 

@@ -97,6 +97,24 @@ def test_the_teacher_takes_the_students_weights_only_when_validation_improves(ed
         assert row["start"] <= row["timestamp"] <= row["end"] and row["reference"] is not None
 
 
+def test_the_first_teacher_can_be_the_starting_weights(editing_world, tmp_path, monkeypatch):
+    scripted_scores(monkeypatch, [10.0, 5.0, 20.0, 15.0])  # warm-up, the starting weights, round 1, round 2
+    editors = []
+    original = editing_run.edit_clips
+
+    def recorded(clips, scorer, config):
+        editors.append({key: value.detach().clone() for key, value in scorer.model.state_dict().items()})
+        return original(clips, scorer, config)
+
+    monkeypatch.setattr(editing_run, "edit_clips", recorded)
+    state = run(editing_world, tmp_path / "run", "editing.rounds=2", 'editing.first_teacher="start"')
+    start, round_one = weights(tmp_path / "run" / "start"), weights(tmp_path / "run" / "round-01" / "adapter")
+    assert all(torch.equal(editors[0][key], start[key]) for key in start)  # round 1 edited with the starting weights
+    assert all(torch.equal(editors[1][key], round_one[key]) for key in start)  # round 2 with round 1's student
+    assert state["start"]["score"] == 5.0 and [entry["teacher_updated"] for entry in state["rounds"]] == [True, False]
+    assert state["teacher"] == {"stage": "round-01", "score": 20.0}
+
+
 @pytest.mark.parametrize("method", ["editing/clip4clip_meanP", "editing/adapter"])
 def test_editing_works_for_different_methods_through_one_code_path(editing_world, tmp_path, method, monkeypatch):
     called = []

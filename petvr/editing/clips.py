@@ -15,6 +15,7 @@ from ..typed_config import dataclass_from_dict
 
 INITIAL_RULES = ("midpoint", "fixed")
 STUDENT_STARTS = ("restart", "continue")
+FIRST_TEACHERS = ("warmup", "start")
 
 
 @dataclass
@@ -36,6 +37,11 @@ class EditingConfig:
     differs from the warm-up model only in the clips it trained on and the comparison that decides the teacher update
     is fair; ``"continue"`` trains on from the previous round's student (cheaper, but then a student has also had more
     epochs). Editing stops after ``rounds`` rounds, or after ``patience`` rounds in a row without improvement.
+
+    The first teacher (``first_teacher``) is the warmed-up model (``"warmup"``, the paper's order) or the recipe's
+    starting weights (``"start"``: for CLIP4Clip the pretrained CLIP itself), validated like any stage. A model warmed
+    up on the initial clips has learnt to match captions with what those clips hold around their events, so it can be
+    blind to the very boundary errors it should correct; the starting weights never saw the initial clips.
     """
 
     initial: str = "midpoint"
@@ -45,6 +51,7 @@ class EditingConfig:
     rounds: int = 3
     epochs_per_round: int | None = None  # None: as many as the warm-up ([train] epochs)
     student: str = "restart"
+    first_teacher: str = "warmup"
     step: float = 1.0
     num_steps: int = 2
     margin: float = 0.0
@@ -57,6 +64,8 @@ class EditingConfig:
         problems = []
         if self.initial not in INITIAL_RULES:
             problems.append(f"initial must be one of {INITIAL_RULES}, got {self.initial!r}")
+        if self.first_teacher not in FIRST_TEACHERS:
+            problems.append(f"first_teacher must be one of {FIRST_TEACHERS}, got {self.first_teacher!r}")
         if self.student not in STUDENT_STARTS:
             problems.append(f"student must be one of {STUDENT_STARTS}, got {self.student!r}")
         if not 0 < self.min_length <= self.max_length:

@@ -6,7 +6,7 @@ The run folder holds, besides one ordinary ``Trainer`` run folder per stage (``w
   with its timestamp, span, score and, where known, the ground-truth span;
 - ``editing.json``: the stages done, each round's validation metrics, whether the teacher took the student's weights,
   the mean IoU of the clips with the ground truth, the time each stage took;
-- ``adapter/``: the teacher, i.e. the best validated weights (``petvr eval RUN/adapter``);
+- ``adapter/``: the teacher, i.e. the best validated weights since the first teacher (``petvr eval RUN/adapter``);
 - ``start/``: the recipe's starting weights, where every round's student begins (``student = "restart"``);
 - ``timeline.png``: ground-truth, initial and edited spans of each caption per round, for a few videos.
 
@@ -110,7 +110,7 @@ class EditingRun:
     def _state(self) -> dict:
         path = self.run_dir / STATE_FILE
         if not path.is_file():
-            return {"editing": asdict(self.config), "warmup": None, "rounds": [], "stopped": None}
+            return {"editing": asdict(self.config), "warmup": None, "teacher": None, "rounds": [], "stopped": None}
         try:
             state = json.loads(path.read_text())
         except ValueError as error:
@@ -211,13 +211,22 @@ class EditingRun:
         if state["warmup"] is None:
             started = time.perf_counter()
             metrics = self.train_stage("warmup", clips, self.train_config.epochs, None)
-            self.model.save_adapter(self.run_dir / TEACHER, self.recipe, metrics)
             state["warmup"] = {"metrics": metrics, "score": self._score(metrics), "mean_iou": mean_iou(clips),
                                "seconds": time.perf_counter() - started}
-            state["teacher"] = {"stage": "warmup", "score": state["warmup"]["score"]}
+            if self.config.first_teacher == "warmup":
+                self.model.save_adapter(self.run_dir / TEACHER, self.recipe, metrics)
+                state["teacher"] = {"stage": "warmup", "score": state["warmup"]["score"]}
+            self._save_state(state)
+        if state.get("teacher") is None:  # first_teacher = "start": the starting weights, validated
+            load_adapter_weights(self.model, self.run_dir / START)
+            metrics = self.evaluate(self.model)
+            self.model.save_adapter(self.run_dir / TEACHER, self.recipe, metrics)
+            state["start"] = {"metrics": metrics, "score": self._score(metrics)}
+            state["teacher"] = {"stage": "start", "score": state["start"]["score"]}
             self._save_state(state)
         print(f"warm-up: {self.config.metric} {state['warmup']['score']:.2f}, initial clips' mean IoU with the "
-              f"ground truth {_format(state['warmup']['mean_iou'])}")
+              f"ground truth {_format(state['warmup']['mean_iou'])}; first teacher: {state['teacher']['stage']} "
+              f"({state['teacher']['score']:.2f})")
         previous_stage = "warmup"
         for done in state["rounds"]:
             clips = self._clips_of(written[done["round"]], clips)
