@@ -24,7 +24,7 @@ from ..errors import DataError
 from .captions import video_captions
 from .drawing import BACKGROUND_KINDS, draw_background, get_style, seeded_rng, to_uint8
 from .videos import VIDEO_FPS, VIDEO_FRAME_SIZE, ClipLayout, VideoSpec, render_video, sample_video_spec, write_mp4
-from .world import _activitynet_id, _Dataset, _parallel_map, _read_manifest, _replace_folder, _write_annotation
+from .world import _activitynet_dataset, _parallel_map, _read_manifest, _replace_folder, _write_annotation
 
 EDITING_WORLD_FORMAT = 2
 
@@ -82,7 +82,8 @@ class LongVideoSpec:
 LONG_VIDEO_LAYOUT = LongVideoLayout(num_scenes=(3, 5), scene=ClipLayout((1, 3), (4, 14), (1, 4), (1, 3)),
                                     cutaway_frames=(4, 32), edge_frames=(4, 24))
 EDITING_WORLD_SIZES = {
-    "tiny": EditingWorldSize(4, 2, LongVideoLayout((2, 3), ClipLayout((1, 2), (4, 8), (1, 2), (1, 2)), (8, 16), (4, 8))),
+    "tiny": EditingWorldSize(4, 2, LongVideoLayout(num_scenes=(2, 3), scene=ClipLayout((1, 2), (4, 8), (1, 2), (1, 2)),
+                                                   cutaway_frames=(8, 16), edge_frames=(4, 8))),
     "small": EditingWorldSize(64, 24, LONG_VIDEO_LAYOUT),
     "medium": EditingWorldSize(400, 100, LONG_VIDEO_LAYOUT),
     "large": EditingWorldSize(1200, 100, LONG_VIDEO_LAYOUT),
@@ -141,30 +142,9 @@ def scene_sentence(scene: VideoSpec, rng: np.random.Generator) -> str:
     return sentence[0].upper() + sentence[1:] + "."
 
 
-def _editing_dataset(relative: str, seed: int, train: list[LongVideoSpec], val: list[LongVideoSpec]) -> _Dataset:
-    """ActivityNet Captions layout: ``train.json``/``val_1.json`` keyed ``v_<id>`` (one sentence and span per scene),
-    id lists, files ``<id>.mp4``, and ``events.json`` with every long video's spec."""
-    dataset, taken, specs, id_rng = _Dataset(relative), set(), {}, seeded_rng(seed, relative, "ids")
-    for split, videos, captions_name, ids_name in (("train", train, "train.json", "train_ids.json"),
-                                                   ("val", val, "val_1.json", "val_ids.json")):
-        annotations, ids = {}, []
-        for number, spec in enumerate(videos):
-            stem = _activitynet_id(id_rng, taken)
-            key = "v_" + stem
-            rng = seeded_rng(seed, relative, split, "captions", number)
-            annotations[key] = {
-                "duration": round(spec.duration, 3),
-                "timestamps": [[round(start / spec.fps, 3), round((end + 1) / spec.fps, 3)] for start, end in spec.spans()],
-                "sentences": [scene_sentence(scene, rng) for scene in spec.scenes]}
-            ids.append(key)
-            specs[key] = spec.to_json()
-            dataset.jobs.append((spec, f"videos/{stem}.mp4"))
-        dataset.files[captions_name] = annotations
-        dataset.files[ids_name] = ids
-    dataset.files["events.json"] = specs
-    dataset.summary = {"format": "activitynet", "train_videos": len(train), "val_videos": len(val),
-                       "captions": sum(len(spec.scenes) for spec in train + val)}
-    return dataset
+def _scene_annotation(spec: LongVideoSpec, rng: np.random.Generator) -> tuple[list[tuple[int, int]], list[str]]:
+    """Each scene's first and last frame, and its sentence."""
+    return spec.spans(), [scene_sentence(scene, rng) for scene in spec.scenes]
 
 
 def generate_editing_world(root: str | Path, seed: int = 0, size: str = "small", collection: str = "studio",
@@ -189,7 +169,8 @@ def generate_editing_world(root: str | Path, seed: int = 0, size: str = "small",
         return [sample_long_video(seeded_rng(seed, style.name, "editing", split, index), style, world.layout)
                 for index in range(count)]
 
-    dataset = _editing_dataset(relative, seed, specs("train", world.train), specs("val", world.val))
+    dataset = _activitynet_dataset(relative, seed, specs("train", world.train), specs("val", world.val),
+                                   describe=_scene_annotation)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:

@@ -126,27 +126,36 @@ def _activitynet_id(rng: np.random.Generator, taken: set[str]) -> str:
             return stem
 
 
-def _activitynet_dataset(relative: str, seed: int, train: list[VideoSpec], val: list[VideoSpec]) -> _Dataset:
-    """ActivityNet Captions layout: ``train.json``/``val_1.json`` keyed ``v_<id>``, id lists, files ``<id>.mp4``."""
+def _event_annotation(spec: VideoSpec, rng: np.random.Generator) -> tuple[list[tuple[int, int]], list[str]]:
+    """Each event's first and last frame, and its sentence."""
+    return [(event.start, event.end) for event in spec.events], event_sentences(spec, rng)
+
+
+def _activitynet_dataset(relative: str, seed: int, train: list, val: list, describe=_event_annotation) -> _Dataset:
+    """ActivityNet Captions layout: ``train.json``/``val_1.json`` keyed ``v_<id>``, id lists, files ``<id>.mp4``, and
+    ``events.json`` with every spec. ``describe(spec, rng)`` gives a video's annotated spans (first and last frame)
+    and their sentences: by default one per event of a ``VideoSpec``."""
     dataset, taken, events, id_rng = _Dataset(relative), set(), {}, seeded_rng(seed, relative, "ids")
+    count = 0
     for split, specs, captions_name, ids_name in (("train", train, "train.json", "train_ids.json"),
                                                   ("val", val, "val_1.json", "val_ids.json")):
         annotations, ids = {}, []
         for number, spec in enumerate(specs):
             stem = _activitynet_id(id_rng, taken)
             key = "v_" + stem
+            spans, sentences = describe(spec, seeded_rng(seed, relative, split, "captions", number))
             annotations[key] = {
                 "duration": round(spec.duration, 3),
-                "timestamps": [[round(e.start / spec.fps, 3), round((e.end + 1) / spec.fps, 3)] for e in spec.events],
-                "sentences": event_sentences(spec, seeded_rng(seed, relative, split, "captions", number))}
+                "timestamps": [[round(start / spec.fps, 3), round((end + 1) / spec.fps, 3)] for start, end in spans],
+                "sentences": sentences}
+            count += len(sentences)
             ids.append(key)
             events[key] = spec.to_json()
             dataset.jobs.append((spec, f"videos/{stem}.mp4"))
         dataset.files[captions_name] = annotations
         dataset.files[ids_name] = ids
     dataset.files["events.json"] = events
-    dataset.summary = {"format": "activitynet", "train_videos": len(train), "val_videos": len(val),
-                       "captions": sum(len(spec.events) for spec in train + val)}
+    dataset.summary = {"format": "activitynet", "train_videos": len(train), "val_videos": len(val), "captions": count}
     return dataset
 
 
