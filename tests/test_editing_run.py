@@ -78,7 +78,7 @@ def test_the_world_cuts_away_between_scenes_and_its_initial_clips_miss(editing_w
 
 def test_the_teacher_takes_the_students_weights_only_when_validation_improves(editing_world, tmp_path, monkeypatch):
     scripted_scores(monkeypatch, [10.0, 20.0, 15.0])  # warm-up, round 1 (better), round 2 (worse: stop)
-    state = run(editing_world, tmp_path / "run", "editing.rounds=3")
+    state = run(editing_world, tmp_path / "run", "editing.rounds=3", 'editing.first_teacher="warmup"')
     assert [entry["teacher_updated"] for entry in state["rounds"]] == [True, False]
     assert state["teacher"] == {"stage": "round-01", "score": 20.0}
     assert state["stopped"] == "no improvement in 1 round(s)"
