@@ -38,7 +38,8 @@ RECIPES = {"clip4clip_meanP": "editing/clip4clip_meanP", "adapter": "editing/ada
 LEARNING_RATES = {"clip4clip_meanP": 5e-3, "adapter": 1e-3}  # meanP trains only the projections: a larger step
 RESULTS_PAGE_HEADING = """## Training from single timestamps: clip editing
 
-From `benchmarks/editing.py` (its own run; `docs/editing.md` says what the method is and which parts are the paper's).
+From `benchmarks/editing.py` (its own run; `docs/editing.md` says what the method is, which parts are the paper's,
+and what the numbers show).
 
 """
 
@@ -188,8 +189,10 @@ def report(results: dict, args, elapsed: float, folder: Path) -> str:
     counts = sorted({len(seeds) for seeds in results.values()})
     metric = " / ".join(sorted({edited["editing"]["metric"] for seeds in results.values() for rows in seeds
                                 for edited in rows["edited"].values()}))
-    origin = ("`python benchmarks/editing.py --report-only` from one run's folders" if args.report_only
+    origin = ("`python benchmarks/editing.py --report-only` from the run folders of its workdir" if args.report_only
               else f"`python benchmarks/editing.py` in one run ({elapsed / 60:.1f} min on 2 CPU cores)")
+    if args.keep_finished and not args.report_only:
+        origin += " (runs finished by an earlier invocation with the same settings reused)"
     lines = [f"Written by {origin}; "
              f"do not edit by hand. World: the synthetic long-video world, size {args.world_size} "
              f"(`{folder.parent.name}/{folder.name}`: {world.train} training videos, {world.val} val videos, "
