@@ -92,10 +92,12 @@ def main() -> None:
     parser.add_argument("--world-size", default="medium", choices=sorted(EDITING_WORLD_SIZES),
                         help="the long-video world (medium: 400 training and 100 validation videos)")
     parser.add_argument("--out", default="docs", help="where editing.md (its results section), editing.json and "
-                                                      "editing_timeline.png go")
+                                                      "editing_timeline_*.png go")
     parser.add_argument("--report-only", action="store_true",
                         help="write the results section from the run folders already in --workdir (what finished)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     workdir, out = Path(args.workdir), Path(args.out)
     started = time.perf_counter()
     folder = generate_editing_world(workdir / "world", size=args.world_size)
@@ -165,7 +167,8 @@ def collected(runs: Path, args) -> dict:
     if not edited:
         return {}
     warmup = next(iter(edited.values()))["warmup"]
-    rows = {"edited": edited, "initial": {"metrics": warmup["metrics"], "mean_iou": warmup["mean_iou"]}}
+    rows = {"seed": int(runs.name.split("-")[-1]), "edited": edited,
+            "initial": {"metrics": warmup["metrics"], "mean_iou": warmup["mean_iou"]}}
     truth = last_evaluation(runs, args.warmup_epochs)
     if truth is not None:
         rows["ground truth"] = {"metrics": truth, "mean_iou": 1.0}
@@ -222,11 +225,12 @@ def report(results: dict, args, elapsed: float, folder: Path) -> str:
                       f"| {label} | edited, first teacher {name}: teacher ({stages}) | "
                       f"{recall_over_seeds([teacher_metrics(e) for e in edited])} | |"]
         lines.append(f"| {label} | ground truth (upper bound) | "
-                     f"{recall_over_seeds(truth) if truth else 'not finished | | |'} | 1.000 |")
+                     f"{recall_over_seeds(truth) + ' | 1.000' if truth else 'not finished | | | |'} |")
     lines += ["", "Per seed and round (the validation metric, whether the teacher took the student's weights, clips "
               "moved, mean IoU of the round's clips) and the cost of editing:", ""]
     for label, seeds in results.items():
-        for seed, rows in enumerate(seeds):
+        for rows in seeds:
+            seed = rows["seed"]
             for teacher, edited in rows["edited"].items():
                 warmup, metric = edited["warmup"]["seconds"], edited["editing"]["metric"]
                 scoring = sum(entry["edit_seconds"] for entry in edited["rounds"])
@@ -240,10 +244,10 @@ def report(results: dict, args, elapsed: float, folder: Path) -> str:
                              f"{edited['warmup']['score']:.1f}, IoU {edited['warmup']['mean_iou']:.3f}; {steps}. "
                              f"Warm-up {warmup:.0f} s ({args.warmup_epochs} epochs); the teacher's scoring passes took "
                              f"{scoring:.0f} s in all ({scoring / warmup:.2f}x the warm-up, "
-                             f"{scoring / args.rounds:.0f} s a round); whole rounds (scoring + "
+                             f"{scoring / len(edited['rounds']):.0f} s a round); whole rounds (scoring + "
                              f"{args.warmup_epochs} epochs + validation) "
                              f"{rounds:.0f} s ({rounds / warmup:.2f}x the warm-up).")
-    lines += ["", "Timelines (seed 0):", ""]
+    lines += ["", "Timelines (the first seed of each method):", ""]
     lines += [f"![timeline, {label}, first teacher: {teacher}](editing_timeline_{label}_{teacher}.png)"
               for label, seeds in results.items() for teacher in seeds[0]["edited"]] + [""]
     return "\n".join(lines) + "\n"

@@ -34,7 +34,8 @@ def run(editing_world, run_dir, *overrides, name="editing/clip4clip_meanP", resu
 
 
 def scripted_scores(monkeypatch, scores):
-    """Validation gives these R@K values in turn (one per epoch: each stage trains one epoch here)."""
+    """Validation gives these R@K values in turn (one per epoch, each stage training one epoch here, and
+    one for the starting weights when they are the first teacher)."""
     calls = iter(scores)
 
     def evaluate(self, model):
@@ -86,7 +87,7 @@ def test_the_teacher_takes_the_students_weights_only_when_validation_improves(ed
                                                                           "round-02/adapter"))
     assert all(torch.equal(teacher[key], better[key]) for key in teacher)
     assert any(not torch.equal(teacher[key], worse[key]) for key in teacher)
-    # every round's student starts from the recipe's starting weights (student = "restart"), not from the warm-up
+    # start/ holds the recipe's starting weights (where restarted students begin: the resume test checks that)
     start, warmup = weights(tmp_path / "run" / "start"), weights(tmp_path / "run" / "warmup" / "adapter")
     built = build_model(recipe(editing_world), "cpu").state_dict()
     assert start.keys() == warmup.keys() and all(torch.equal(start[key], built[key]) for key in start)

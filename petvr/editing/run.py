@@ -116,7 +116,8 @@ class EditingRun:
         except ValueError as error:
             raise ValueError(f"{path}: cannot read the editing state ({error}); start over (--no-resume)") from None
         if state.get("editing") != asdict(self.config):
-            raise ValueError(f"{path}: this run was made with other [editing] settings ({state.get('editing')}); use "
+            raise ValueError(f"{path}: this run was made with other [editing] settings, or by an older petvr "
+                             f"({state.get('editing')}); use "
                              "another output folder or start over (--no-resume)")
         return state
 
@@ -217,7 +218,7 @@ class EditingRun:
                 self.model.save_adapter(self.run_dir / TEACHER, self.recipe, metrics)
                 state["teacher"] = {"stage": "warmup", "score": state["warmup"]["score"]}
             self._save_state(state)
-        if state.get("teacher") is None:  # first_teacher = "start": the starting weights, validated
+        if self.config.first_teacher == "start" and state.get("teacher") is None:  # the starting weights, validated
             load_adapter_weights(self.model, self.run_dir / START)
             metrics = self.evaluate(self.model)
             self.model.save_adapter(self.run_dir / TEACHER, self.recipe, metrics)
