@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from petvr.editing import read_clip_rounds
 from petvr.editing import run as editing_run
-from petvr.editing.run import EditingRun
+from petvr.editing.run import EditingRun, timestamped_videos
 from petvr.synthetic.editing_world import LongVideoSpec, cutaway_frames, generate_editing_world, render_long_video
 from petvr.training.recipe import load_recipe
 from petvr.training.run import build_model
@@ -72,8 +72,7 @@ def test_the_world_cuts_away_between_scenes_and_its_initial_clips_miss(editing_w
     assert len(first["sentences"]) == len(spec.scenes)
     split = read_activitynet(folder, folder / "videos", split="train", mode="sentence", timestamps="uniform")
     assert all(len(video.captions) >= 2 and video.caption_timestamps for video in split.videos)
-    videos = [(v.video_id, v.path, v.duration, v.captions, v.caption_timestamps, v.reference_times)
-              for v in split.videos]
+    videos = timestamped_videos(split, "the tiny world's train split")
     assert mean_iou(initial_clips(videos, EditingConfig(min_length=1.0, max_length=12.0))) < 0.8
 
 

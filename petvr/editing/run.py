@@ -7,7 +7,8 @@ The run folder holds, besides one ordinary ``Trainer`` run folder per stage (``w
 - ``editing.json``: the stages done, each round's validation metrics, whether the teacher took the student's weights,
   the mean IoU of the clips with the ground truth, the time each stage took;
 - ``adapter/``: the teacher, i.e. the best validated weights since the first teacher (``petvr eval RUN/adapter``);
-- ``start/``: the recipe's starting weights, where every round's student begins (``student = "restart"``);
+- ``start/``: the recipe's starting weights, where every round's student begins (``student = "restart"``) and the
+  first teacher when ``first_teacher = "start"``;
 - ``timeline.png``: ground-truth, initial and edited spans of each caption per round, for a few videos.
 
 Resuming (the default) skips the finished stages, reuses the clips a round already wrote (so an interrupted round
@@ -201,7 +202,8 @@ class EditingRun:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
         state = self._state()
-        if not (self.run_dir / START).is_dir():
+        uses_start = self.config.student == "restart" or self.config.first_teacher == "start"
+        if uses_start and not (self.run_dir / START).is_dir():
             self.model.save_adapter(self.run_dir / START, self.recipe)
         written = read_clip_rounds(self.run_dir / CLIPS_FILE)
         clips = initial_clips(self.videos, self.config)
