@@ -196,6 +196,12 @@ def test_the_editing_table_is_checked(tmp_path):
         load_recipe("editing/clip4clip_meanP", ["editing.min_length=20.0"])
     with pytest.raises(RecipeError, match=r"\[editing\] has unknown key.*'steps'.*did you mean 'step'"):
         load_recipe("editing/clip4clip_meanP", ["editing.steps=3"])
+    with pytest.raises(RecipeError, match=r"\[editing\].*first_teacher must be one of.*'teacher'"):
+        load_recipe("editing/clip4clip_meanP", ['editing.first_teacher="teacher"'])
+    with pytest.raises(RecipeError, match=r"\[editing\].*student must be one of.*'fresh'"):
+        load_recipe("editing/clip4clip_meanP", ['editing.student="fresh"'])
+    with pytest.raises(RecipeError, match=r"\[editing\].*epochs_per_round must be at least 1"):
+        load_recipe("editing/clip4clip_meanP", ["editing.epochs_per_round=0"])
     assert load_recipe("editing/adapter")["editing"]["rounds"] == 3
 
 
